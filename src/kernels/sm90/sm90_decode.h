@@ -1,0 +1,19 @@
+// The Hopper (sm_90a) decode kernel: TMA + wgmma, persistent CTAs driven by the split-KV plan.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "api/decode_params.h"
+
+namespace flashmla {
+
+// Whether the SM90 kernel was compiled into this library.
+bool sm90_kernel_available();
+
+// Empty when the SM90 kernel can run `params`; otherwise why not (e.g. TMA alignment).
+const char* sm90_unsupported_reason(const DecodeParams& params);
+
+// Enqueues the main kernel; the caller runs the combine kernel afterwards (with PDL).
+cudaError_t run_sm90_decode(const DecodeParams& params, cudaStream_t stream);
+
+}  // namespace flashmla
