@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One pass of everything that needs a GPU: build with the compiler's resource report, the C++ tests,
+# the Python tests, and the benchmark grid. Meant for an offline GPU machine: FLASHMLA_DEPS_DIR may
+# hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
+# googletest source package (gtest/usr/src/googletest). Logs and results go to
+# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
+STEPS=${FLASHMLA_GPU_STEPS:-build ctest pytest bench}
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+mkdir -p "$LOG"
+export FLASHMLA_SKIP_SETUP=1 PYTHONUNBUFFERED=1
+
+deps=${FLASHMLA_DEPS_DIR:-}
+cmake_args=(-DFLASHMLA_BUILD_PYTHON=ON -DFLASHMLA_PTXAS_VERBOSE=ON)
+if [[ -n "$deps" ]]; then
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --target "$site" "$deps"/nvidia_cutlass-*.whl
+  export CUTLASS_DIR="$site/cutlass_library/source/include"
+  [[ -d "$deps/dlpack/usr" ]] && export DLPACK_ROOT="$deps/dlpack/usr"
+  [[ -d "$deps/gtest/usr/src/googletest" ]] && cmake_args+=(-DGTEST_SOURCE_DIR="$deps/gtest/usr/src/googletest")
+fi
+
+status=0
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+summary() { echo "== $*" | tee -a "$LOG/summary.txt"; }
+
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,driver_version --format=csv \
+  >"$LOG/device.txt" 2>&1
+cat "$LOG/device.txt"
+
+if step build; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja "${cmake_args[@]}" >"$LOG/configure.log" 2>&1 &&
+    cmake --build "$BUILD_DIR" -- -v >"$LOG/build.log" 2>&1
+  rc=$?
+  summary "build rc=$rc"
+  python3 scripts/ptxas_report.py "$LOG/build.log" | tee "$LOG/resources.txt"
+  ((rc == 0)) || { tail -50 "$LOG/build.log"; exit 1; }
+fi
+
+if step ctest; then
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j1 --timeout 600 >"$LOG/ctest.log" 2>&1
+  rc=$?; ((status |= rc))
+  summary "ctest rc=$rc: $(grep -E 'tests passed|tests failed' "$LOG/ctest.log")"
+  grep -E "\*\*\*Failed|Skipped" "$LOG/ctest.log" | head -20
+fi
+
+if step pytest; then
+  PYTHONPATH="$PWD/$BUILD_DIR/python" python3 -m pytest tests -q -rs -x --timeout=900 \
+    --junitxml="$LOG/pytest.xml" >"$LOG/pytest.log" 2>&1
+  rc=$?; ((status |= rc))
+  summary "pytest rc=$rc: $(tail -1 "$LOG/pytest.log")"
+  grep -E "FAILED|Error" "$LOG/pytest.log" | head -20
+fi
+
+if step bench; then
+  "$BUILD_DIR/bench/flashmla_bench" --check >"$LOG/bench_default.txt" 2>&1
+  rc=$?; ((status |= rc)); summary "bench default rc=$rc"
+  cat "$LOG/bench_default.txt"
+  "$BUILD_DIR/bench/flashmla_bench" --grid bench/grid_flashmla.txt --json "$LOG/bench_grid.json" \
+    >"$LOG/bench_grid.txt" 2>&1
+  rc=$?; ((status |= rc)); summary "bench grid rc=$rc"
+  cat "$LOG/bench_grid.txt"
+fi
+exit $status
