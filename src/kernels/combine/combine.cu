@@ -1,0 +1,158 @@
+// Split-KV combine: merges the fp32 partials (o_i normalised by its own sum, lse_i) of every
+// request with more than one piece into out and lse:
+//   lse_max = max_i lse_i,  w_i = exp(lse_i - lse_max),
+//   out = sum_i w_i o_i / sum_i w_i,  lse = lse_max + log(sum_i w_i).
+// Pieces whose lse is -inf saw no key and are skipped (their o is never read); a row whose pieces
+// all saw no key gets out = 0, lse = +inf. Pieces are merged in slot order by one thread per output
+// column, so the result is bitwise reproducible.
+//
+// Grid: (request, kv head, group of kRowsPerCta packed rows); CTAs of unsplit requests exit at
+// once.
+#include "kernels/combine/combine.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "flashmla/flashmla.h"
+
+namespace flashmla {
+namespace {
+
+constexpr int kHeadDimV = FLASHMLA_HEAD_DIM_V;
+constexpr int kColsPerThread = 4;  // one float4 of a partial row
+constexpr int kThreads = kHeadDimV / kColsPerThread;
+static_assert(kThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
+constexpr int kRowsPerCta = 16;
+// Grid dimensions y and z are limited to this many blocks.
+constexpr int kMaxGridYZ = 65535;
+// cudaGridDependencySynchronize() (programmatic dependent launch) exists from sm_90 on.
+constexpr int kMinArchWithDependencyWait = 90;
+
+template <typename T>
+__device__ __forceinline__ uint16_t from_float(float x);
+template <>
+__device__ __forceinline__ uint16_t from_float<__nv_bfloat16>(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+template <>
+__device__ __forceinline__ uint16_t from_float<__half>(float x) {
+  return __half_as_ushort(__float2half_rn(x));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // kMinArchWithDependencyWait
+  // Launched programmatically: wait until the main kernel's partials (and everything before it)
+  // are visible. Without the launch attribute this returns at once.
+  cudaGridDependencySynchronize();
+#endif
+  const int req = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int row_begin = blockIdx.z * kRowsPerCta;
+  const int64_t slot_begin = p.num_splits[req];
+  const int64_t slot_end = p.num_splits[req + 1];
+  if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
+
+  const int col0 = threadIdx.x * kColsPerThread;
+  const int row_end = min(row_begin + kRowsPerCta, p.q_rows_per_kv_head);
+  for (int row = row_begin; row < row_end; ++row) {
+    float lse_max = -INFINITY;
+    for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
+      lse_max = fmaxf(lse_max, p.lse_accum[partial_row_index(p, slot, kv_head, row)]);
+    }
+
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float lse = INFINITY;
+    if (lse_max != -INFINITY) {
+      float weight_sum = 0.0f;
+      for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
+        const int64_t partial_row = partial_row_index(p, slot, kv_head, row);
+        const float piece_lse = p.lse_accum[partial_row];
+        if (piece_lse == -INFINITY) continue;
+        const float w = expf(piece_lse - lse_max);
+        const float4 piece =
+            *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
+        o.x = fmaf(w, piece.x, o.x);
+        o.y = fmaf(w, piece.y, o.y);
+        o.z = fmaf(w, piece.z, o.z);
+        o.w = fmaf(w, piece.w, o.w);
+        weight_sum += w;
+      }
+      // The largest piece has weight 1, so weight_sum >= 1.
+      const float inv = 1.0f / weight_sum;
+      o.x *= inv;
+      o.y *= inv;
+      o.z *= inv;
+      o.w *= inv;
+      lse = lse_max + logf(weight_sum);
+    }
+
+    const int s = row / p.q_heads_per_kv_head;
+    const int head = kv_head * p.q_heads_per_kv_head + row % p.q_heads_per_kv_head;
+    // Scalar stores: out's strides need not keep 4 elements aligned.
+    uint16_t* out = static_cast<uint16_t*>(p.out) + static_cast<int64_t>(req) * p.o_batch_stride +
+                    static_cast<int64_t>(s) * p.o_seq_stride +
+                    static_cast<int64_t>(head) * p.o_head_stride + col0;
+    out[0] = from_float<T>(o.x);
+    out[1] = from_float<T>(o.y);
+    out[2] = from_float<T>(o.z);
+    out[3] = from_float<T>(o.w);
+    if (threadIdx.x == 0) {
+      p.lse[static_cast<int64_t>(req) * p.lse_batch_stride +
+            static_cast<int64_t>(head) * p.lse_head_stride +
+            static_cast<int64_t>(s) * p.lse_seq_stride] = lse;
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch(const DecodeParams& params, cudaStream_t stream,
+                   bool programmatic_dependent_launch) {
+  const int row_groups = (params.q_rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta;
+  if (params.h_kv > kMaxGridYZ || row_groups > kMaxGridYZ) return cudaErrorInvalidConfiguration;
+
+  // The dependency wait exists only in code built for sm_90+; code JIT-compiled from older PTX
+  // would read the partials unsynchronised, so it is launched in plain stream order instead.
+  if (programmatic_dependent_launch) {
+    cudaFuncAttributes attributes;
+    const cudaError_t err = cudaFuncGetAttributes(&attributes, combine_kernel<T>);
+    if (err != cudaSuccess) return err;
+    if (attributes.ptxVersion < kMinArchWithDependencyWait) programmatic_dependent_launch = false;
+  }
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(params.batch, params.h_kv, row_groups);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = programmatic_dependent_launch ? 1 : 0;
+  return cudaLaunchKernelEx(&config, combine_kernel<T>, params);
+}
+
+}  // namespace
+
+cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream,
+                        bool programmatic_dependent_launch) {
+  if (params.head_dim_v != kHeadDimV) return cudaErrorInvalidValue;
+  // float4 loads of partial rows.
+  if (reinterpret_cast<uintptr_t>(params.o_accum) % sizeof(float4) != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (params.batch == 0 || params.h_kv == 0 || params.q_rows_per_kv_head == 0) return cudaSuccess;
+  switch (params.dtype) {
+    case DType::kBFloat16:
+      return launch<__nv_bfloat16>(params, stream, programmatic_dependent_launch);
+    case DType::kFloat16:
+      return launch<__half>(params, stream, programmatic_dependent_launch);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace flashmla
