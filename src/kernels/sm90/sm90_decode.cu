@@ -1,0 +1,157 @@
+// Host side of the Hopper decode kernel: what it supports, the K-cache TMA descriptor, and the
+// launch (with programmatic dependent launch so the combine kernel can follow closely).
+#include "kernels/sm90/sm90_decode.h"
+
+#include <cstdint>
+#include <mutex>
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "kernels/sm90/sm90_decode_kernel.h"
+#include "kernels/sm90/sm90_kernel_traits.h"
+
+namespace flashmla {
+
+namespace {
+
+using sm90::kBlockM;
+using sm90::kBlockN;
+using sm90::kElementBytes;
+using sm90::kPieceCols;
+
+// TMA limits (cuTensorMapEncodeTiled): 16-byte aligned base, strides multiples of 16 bytes and
+// below 2^40 bytes.
+constexpr int64_t kTmaAlignBytes = 16;
+constexpr int64_t kTmaMaxStrideBytes = int64_t{1} << 40;
+// The driver call's signature as of CUDA 12.0, the version requested below.
+constexpr unsigned int kTensorMapEncodeVersion = 12000;
+// CUDA grid limit on y and z.
+constexpr int64_t kMaxGridYZ = 65535;
+
+bool aligned_to(const void* ptr, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+// A stride only matters (and only needs to be valid) along a dimension of extent > 1.
+bool stride_ok(int64_t extent, int64_t stride_elems, int64_t multiple_elems) {
+  return extent <= 1 || (stride_elems > 0 && stride_elems % multiple_elems == 0);
+}
+
+using TensorMapEncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                            const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                            const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                            CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// Fetched through the runtime so that the library does not link libcuda directly.
+TensorMapEncodeTiledFn tensor_map_encoder() {
+  static TensorMapEncodeTiledFn fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, kTensorMapEncodeVersion, cudaEnableDefault,
+                                         &query) == cudaSuccess &&
+        query == cudaDriverEntryPointSuccess) {
+      fn = reinterpret_cast<TensorMapEncodeTiledFn>(ptr);
+    }
+  });
+  return fn;
+}
+
+// k_cache as a 4-D tensor (column, token in page, kv head, cache block): one box is a 64-column
+// x 64-token piece of one page of one kv head. Each dimension gets its own int32 coordinate, so
+// caches beyond 2^31 elements address correctly.
+cudaError_t make_k_tensor_map(const DecodeParams& p, CUtensorMap* map) {
+  TensorMapEncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const int64_t token_bytes = p.k_token_stride * kElementBytes;
+  // Strides of extent-1 dimensions are never used; give them any legal value.
+  const int64_t head_bytes = p.h_kv > 1 ? p.k_head_stride * kElementBytes : int64_t{p.head_dim} * kElementBytes;
+  const int64_t block_bytes =
+      p.num_cache_blocks > 1 ? p.k_block_stride * kElementBytes : token_bytes * p.page_block_size;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.page_block_size),
+                              static_cast<cuuint64_t>(p.h_kv), static_cast<cuuint64_t>(p.num_cache_blocks)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(token_bytes), static_cast<cuuint64_t>(head_bytes),
+                                 static_cast<cuuint64_t>(block_bytes)};
+  const cuuint32_t box[4] = {kPieceCols, kBlockN, 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype =
+      p.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = encode(map, dtype, 4, const_cast<void*>(p.k), dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <class Element>
+cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, cudaStream_t stream) {
+  auto* kernel = &sm90::sm90_decode_kernel<Element>;
+  constexpr int smem_bytes = sm90::kSharedStorageBytes<Element>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  if (err != cudaSuccess) return err;
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((p.q_rows_per_kv_head + kBlockM - 1) / kBlockM),
+                        static_cast<unsigned>(p.h_kv), static_cast<unsigned>(p.num_sm_parts));
+  config.blockDim = dim3(sm90::kNumThreads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  // The kernel waits (griddepcontrol.wait) before touching global memory, so it may start while
+  // the previous kernel in the stream drains.
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, p, tma_k);
+}
+
+}  // namespace
+
+bool sm90_kernel_available() { return true; }
+
+const char* sm90_unsupported_reason(const DecodeParams& p) {
+  if (p.head_dim != sm90::kHeadDim || p.head_dim_v != sm90::kHeadDimV) {
+    return "the SM90 kernel needs head_dim 576 and head_dim_v 512";
+  }
+  if (p.page_block_size <= 0 || p.page_block_size % kBlockN != 0) {
+    return "the SM90 kernel needs page_block_size to be a multiple of 64";
+  }
+  if (p.num_sm_parts < 1 || p.num_sm_parts > kMaxGridYZ || p.h_kv > kMaxGridYZ) {
+    return "the SM90 kernel's grid cannot hold num_sm_parts or h_kv";
+  }
+  constexpr int64_t kTmaStrideElems = kTmaAlignBytes / kElementBytes;
+  if (!aligned_to(p.k, kTmaAlignBytes) || !stride_ok(p.page_block_size, p.k_token_stride, kTmaStrideElems) ||
+      !stride_ok(p.h_kv, p.k_head_stride, kTmaStrideElems) ||
+      !stride_ok(p.num_cache_blocks, p.k_block_stride, kTmaStrideElems)) {
+    return "the SM90 kernel's TMA needs k_cache 16-byte aligned with strides a multiple of 8 elements";
+  }
+  if (p.k_token_stride * kElementBytes >= kTmaMaxStrideBytes ||
+      p.k_head_stride * kElementBytes >= kTmaMaxStrideBytes ||
+      p.k_block_stride * kElementBytes >= kTmaMaxStrideBytes) {
+    return "the SM90 kernel's TMA needs k_cache strides below 2^40 bytes";
+  }
+  // Q is gathered in 16-byte chunks.
+  if (!aligned_to(p.q, kTmaAlignBytes) || !stride_ok(p.batch, p.q_batch_stride, kTmaStrideElems) ||
+      !stride_ok(p.s_q, p.q_seq_stride, kTmaStrideElems) || !stride_ok(p.h_q, p.q_head_stride, kTmaStrideElems)) {
+    return "the SM90 kernel needs q 16-byte aligned with strides a multiple of 8 elements";
+  }
+  // out is written two elements at a time.
+  constexpr int64_t kPairElems = 2;
+  if (!aligned_to(p.out, kPairElems * kElementBytes) || !stride_ok(p.batch, p.o_batch_stride, kPairElems) ||
+      !stride_ok(p.s_q, p.o_seq_stride, kPairElems) || !stride_ok(p.h_q, p.o_head_stride, kPairElems)) {
+    return "the SM90 kernel needs out 4-byte aligned with even strides";
+  }
+  return "";
+}
+
+cudaError_t run_sm90_decode(const DecodeParams& p, cudaStream_t stream) {
+  CUtensorMap tma_k;
+  cudaError_t err = make_k_tensor_map(p, &tma_k);
+  if (err != cudaSuccess) return err;
+  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, stream)
+                                     : launch<cutlass::half_t>(p, tma_k, stream);
+}
+
+}  // namespace flashmla

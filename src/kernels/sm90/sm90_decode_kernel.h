@@ -1,0 +1,277 @@
+// The persistent warp-specialised decode kernel: one CTA per (64-row query tile, kv head, sm
+// part), 3 warpgroups (producer, consumer 0, consumer 1). See README.md in this directory for the
+// shared-memory plan and the synchronisation protocol.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda.h>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "api/decode_params.h"
+#include "kernels/sm90/sm90_epilogue.h"
+#include "kernels/sm90/sm90_kernel_traits.h"
+#include "kernels/sm90/sm90_mainloop.h"
+#include "kernels/sm90/sm90_softmax.h"
+#include "kernels/sm90/sm90_tile_scheduler.h"
+
+namespace flashmla::sm90 {
+
+template <class Element>
+struct SharedStorage {
+  MainloopTensorStorage<Element> tensors;
+  SoftmaxExchangeStorage<Element> exchange;
+  MainloopBarrierStorage barriers;
+};
+
+template <class Element>
+constexpr int kSharedStorageBytes = static_cast<int>(sizeof(SharedStorage<Element>)) + kSmemAlignment;
+
+static_assert(offsetof(SharedStorage<cutlass::bfloat16_t>, exchange) % kSmemAlignment == 0 &&
+                  offsetof(SharedStorage<cutlass::half_t>, exchange) % kSmemAlignment == 0,
+              "the P tile needs 1024-byte alignment for the 128-byte swizzle");
+static_assert(sizeof(MainloopTensorStorage<cutlass::bfloat16_t>) ==
+                  (kBlockM * kHeadDim + kStages * kTileElems) * kElementBytes,
+              "Q + K stages are packed without padding");
+static_assert(kSharedStorageBytes<cutlass::bfloat16_t> <= kMaxSmemBytes, "shared memory plan exceeds 227 KB");
+static_assert(kSharedStorageBytes<cutlass::half_t> <= kMaxSmemBytes, "shared memory plan exceeds 227 KB");
+
+using NamedBarrier = cutlass::arch::NamedBarrier;
+
+__device__ __forceinline__ void wait_for_prior_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void allow_dependent_grids() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+// ---- Producer warpgroup ----------------------------------------------------------------------------
+
+template <class Element>
+__device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, SharedStorage<Element>& ss) {
+  const int warp = (threadIdx.x / 32) % (kThreadsPerWarpgroup / 32);
+  const int lane = threadIdx.x % 32;
+  const TileScheduler sched(p);
+  if (warp == 0) {
+    if (lane != 0) return;
+    PipelineState k_state;
+    for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
+      const Visit v = sched.visit(p, req);
+      for (int t = v.tile_begin; t < v.tile_end; ++t) {
+        // A fresh barrier counts as having completed the phase before phase 0, so the first
+        // round through the ring passes without consumers.
+        ArrivalBarrier::wait(&ss.barriers.k_empty[k_state.stage], k_state.phase ^ 1);
+        int token_in_page;
+        const int block = tile_cache_block(p, req, t, &token_in_page);
+        load_k_tile(tma_k, ss.barriers.k_full[k_state.stage], ss.tensors.k[k_state.stage], sched.kv_head, block,
+                    token_in_page);
+        k_state.advance();
+      }
+    }
+  } else {
+    const int loader_thread = threadIdx.x % kThreadsPerWarpgroup - 32;
+    uint32_t q_phase = 0;
+    for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
+      const Visit v = sched.visit(p, req);
+      if (!v.has_tiles()) continue;
+      ArrivalBarrier::wait(&ss.barriers.q_empty, q_phase ^ 1);
+      load_q_tile(p, sched.m_tile, sched.kv_head, req, ss.tensors.q, loader_thread);
+      cp_async_wait_all();
+      fence_generic_to_async_proxy();
+      ArrivalBarrier::arrive(&ss.barriers.q_full);
+      q_phase ^= 1;
+    }
+  }
+}
+
+// ---- Consumer 0: S = QK^T, softmax, its O half -------------------------------------------------------
+
+template <class Element>
+__device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& ss) {
+  using namespace cute;
+  using Traits = KernelTraits<Element>;
+  const int tid = threadIdx.x % kThreadsPerWarpgroup;
+  const TileScheduler sched(p);
+
+  typename Traits::TiledMmaS mma_s;
+  auto thr_s = mma_s.get_thread_slice(tid);
+  Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
+  Tensor tScS = thr_s.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  static_assert(decltype(size(tSrS))::value == 32, "64x64 accumulator: 32 values per thread");
+
+  typename Traits::TiledMmaO mma_o;
+  auto thr_o = mma_o.get_thread_slice(tid);
+  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<kBlockM>, Int<kHeadDimVPerConsumer>>{});
+  Tensor tOcO = thr_o.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimVPerConsumer>>{}));
+
+  const int rows[kRowsPerThread] = {sched.m_tile * kBlockM + get<0>(tScS(0)),
+                                    sched.m_tile * kBlockM + get<0>(tScS(2))};
+  Element* const p_smem = ss.exchange.p;
+  PipelineState k_state;
+  uint32_t q_phase = 0;
+  OnlineSoftmax softmax;
+
+  for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
+    // bar.sync and wgmma need converged warps; the previous visit's stores diverge on padding rows.
+    __syncwarp();
+    const Visit v = sched.visit(p, req);
+    clear(tOrO);
+    softmax.reset(v.seqlen, p.s_q, p.q_heads_per_kv_head, p.causal, rows);
+    if (v.has_tiles()) ArrivalBarrier::wait(&ss.barriers.q_full, q_phase);
+
+    for (int t = v.tile_begin; t < v.tile_end; ++t) {
+      Element* stage_smem = ss.tensors.k[k_state.stage];
+      uint64_t(&full)[kNumPieces] = ss.barriers.k_full[k_state.stage];
+      const int valid_rows = v.seqlen - t * kBlockN;
+      if (valid_rows < kBlockN) {
+        for (int piece = 0; piece < kNumVPieces; ++piece) ArrivalBarrier::wait(&full[piece], k_state.phase);
+        zero_v_tail(stage_smem, valid_rows, tid);
+        fence_generic_to_async_proxy();
+        __syncwarp();
+        NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
+      }
+
+      gemm_qk<Traits>(ss.tensors.q, stage_smem, full, k_state.phase, tSrS, tid);
+      if (t + 1 == v.tile_end) ArrivalBarrier::arrive(&ss.barriers.q_empty);
+
+      float rescale[kRowsPerThread];
+      softmax.update(tSrS, tScS, t * kBlockN, p.scale_log2, rescale);
+
+      // Consumer 1 is done with the previous P and factors.
+      NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
+#pragma unroll
+      for (int i = 0; i < size(tSrS); i += 2) {
+        const int row = get<0>(tScS(i));
+        const int col = get<1>(tScS(i));
+        *reinterpret_cast<uint32_t*>(p_smem + swizzled_piece_offset(row, col)) =
+            pack_pair<Element>(tSrS(i), tSrS(i + 1));
+      }
+      if (tid % 4 == 0) {
+#pragma unroll
+        for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = rescale[h];
+      }
+      fence_generic_to_async_proxy();
+      __syncwarp();
+      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+      // This warpgroup's own P.V reads P rows written by its other warps.
+      NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
+
+#pragma unroll
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+      gemm_pv<Traits>(p_smem, stage_smem, tOrO, tid);
+      ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
+      k_state.advance();
+    }
+    if (v.has_tiles()) q_phase ^= 1;
+
+    float inv_sum[kRowsPerThread];
+    float lse[kRowsPerThread];
+    softmax.finalize(p.scale_log2, v.writes_direct() ? INFINITY : -INFINITY, inv_sum, lse);
+    NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
+    if (tid % 4 == 0) {
+#pragma unroll
+      for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = inv_sum[h];
+    }
+    __syncwarp();
+    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+    store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
+    store_lse(p, v, sched.m_tile, sched.kv_head, tOcO, lse, tid);
+  }
+  // Matches consumer 1's arrival for the P buffer it never hands back after its last read.
+  __syncwarp();
+  NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
+}
+
+// ---- Consumer 1: the other O half ------------------------------------------------------------------
+
+template <class Element>
+__device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
+  using namespace cute;
+  using Traits = KernelTraits<Element>;
+  const int tid = threadIdx.x % kThreadsPerWarpgroup;
+  const TileScheduler sched(p);
+
+  typename Traits::TiledMmaO mma_o;
+  auto thr_o = mma_o.get_thread_slice(tid);
+  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<kBlockM>, Int<kHeadDimVPerConsumer>>{});
+  Tensor tOcO = thr_o.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimVPerConsumer>>{}));
+  const int rows_in_tile[kRowsPerThread] = {get<0>(tOcO(0)), get<0>(tOcO(2))};
+  constexpr int kVHalfOffset = kVPiecesPerConsumer * kPieceElems;
+
+  PipelineState k_state;
+  // The P buffer starts free.
+  NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+
+  for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
+    // bar.sync and wgmma need converged warps; the previous visit's stores diverge on padding rows.
+    __syncwarp();
+    const Visit v = sched.visit(p, req);
+    clear(tOrO);
+    for (int t = v.tile_begin; t < v.tile_end; ++t) {
+      NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
+      float rescale[kRowsPerThread];
+#pragma unroll
+      for (int h = 0; h < kRowsPerThread; ++h) rescale[h] = ss.exchange.row_factor[rows_in_tile[h]];
+      // Consumer 0 saw every piece land before publishing P; waiting here as well gives this
+      // warpgroup its own acquire of the TMA writes (the phases cannot have moved on: the stage
+      // is not released until this warpgroup arrives on k_empty).
+      for (int piece = kVPiecesPerConsumer; piece < kNumVPieces; ++piece) {
+        ArrivalBarrier::wait(&ss.barriers.k_full[k_state.stage][piece], k_state.phase);
+      }
+#pragma unroll
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+      gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
+      ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
+      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+      k_state.advance();
+    }
+    NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
+    float inv_sum[kRowsPerThread];
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) inv_sum[h] = ss.exchange.row_factor[rows_in_tile[h]];
+    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+    store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
+  }
+}
+
+// ---- The kernel ------------------------------------------------------------------------------------
+
+template <class Element>
+__global__ void __launch_bounds__(kNumThreads, 1)
+    sm90_decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap tma_k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ uint8_t smem_raw[];
+  const uintptr_t aligned =
+      (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlignment - 1) & ~static_cast<uintptr_t>(kSmemAlignment - 1);
+  SharedStorage<Element>& ss = *reinterpret_cast<SharedStorage<Element>*>(aligned);
+
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kThreadsPerWarpgroup, 0);
+  if (threadIdx.x == 0) {
+    init_mainloop_barriers(ss.barriers);
+    cutlass::arch::fence_barrier_init();
+    cute::prefetch_tma_descriptor(&tma_k);
+  }
+  __syncthreads();
+  // Everything above overlaps the previous kernel's tail; nothing it wrote was read yet.
+  wait_for_prior_grids();
+
+  if (warpgroup == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+    produce(params, &tma_k, ss);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
+    if (warpgroup == 1) {
+      consume_softmax(params, ss);
+    } else {
+      consume_pv(params, ss);
+    }
+  }
+  // Lets the combine kernel get scheduled; it still waits (griddepcontrol.wait) for this grid's
+  // writes to be complete and visible.
+  allow_dependent_grids();
+#endif
+}
+
+}  // namespace flashmla::sm90

@@ -1,0 +1,217 @@
+// Moving Q and K into shared memory and the two GEMMs that read them there.
+//
+// Producer side: warp 0 of the producer warpgroup streams 64-token K tiles from the paged cache
+// with TMA (4-D tensor map: columns, token in page, kv head, cache block), nine 64-column pieces
+// per tile, each completing on its own mbarrier so S = QK^T starts when the first piece lands.
+// Warps 1..3 gather the visit's 64 query rows with cp.async (the rows of one kv head are not a
+// box in q when h_q/h_kv < 64 or s_q > 1, and Q is loaded once per visit, off the hot path).
+// Consumer side: wgmma with both operands in shared memory; V is the K tile's first 512 columns,
+// read through an MN-major view of the same bytes.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "api/decode_params.h"
+#include "kernels/sm90/sm90_kernel_traits.h"
+
+namespace flashmla::sm90 {
+
+template <class Element>
+struct MainloopTensorStorage {
+  alignas(kSmemAlignment) Element q[kBlockM * kHeadDim];
+  alignas(kSmemAlignment) Element k[kStages][kTileElems];
+};
+
+struct MainloopBarrierStorage {
+  // K pieces landed (1 arrival + kPieceBytes of transactions per use).
+  uint64_t k_full[kStages][kNumPieces];
+  // Both consumers finished reading a K stage (kNumConsumerThreads arrivals).
+  uint64_t k_empty[kStages];
+  // The visit's Q tile is in shared memory (kQLoaderThreads arrivals).
+  uint64_t q_full;
+  // Consumer 0 issued and retired the visit's last QK^T (kThreadsPerWarpgroup arrivals).
+  uint64_t q_empty;
+};
+
+// Phase bookkeeping of a ring of `kStages` buffers: every consumer and producer advances its own
+// copy in the same order, so the parities agree without communication.
+struct PipelineState {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+using TransactionBarrier = cutlass::arch::ClusterTransactionBarrier;
+using ArrivalBarrier = cutlass::arch::ClusterBarrier;
+
+__device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars) {
+  for (int s = 0; s < kStages; ++s) {
+    for (int p = 0; p < kNumPieces; ++p) TransactionBarrier::init(&bars.k_full[s][p], 1);
+    ArrivalBarrier::init(&bars.k_empty[s], kNumConsumerThreads);
+  }
+  ArrivalBarrier::init(&bars.q_full, kQLoaderThreads);
+  ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
+}
+
+// Shared memory written by ordinary stores (cp.async included) must be fenced into the async
+// proxy by each writing thread before wgmma reads it.
+__device__ inline void fence_generic_to_async_proxy() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// ---- Producer ------------------------------------------------------------------------------------
+
+// Issues the nine piece TMAs of one K tile. Called by a single thread.
+template <class Element>
+__device__ inline void load_k_tile(const CUtensorMap* tma_k, uint64_t (&full)[kNumPieces], Element* stage_smem,
+                                   int kv_head, int cache_block, int token_in_page) {
+  constexpr uint64_t kEvictFirst = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
+#pragma unroll
+  for (int p = 0; p < kNumPieces; ++p) {
+    TransactionBarrier::arrive_and_expect_tx(&full[p], kPieceBytes);
+    cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[p], kEvictFirst, stage_smem + p * kPieceElems, p * kPieceCols,
+                                 token_in_page, kv_head, cache_block);
+  }
+}
+
+// Cache block holding tile `tile` of `request`: a 64-token tile never straddles a page because
+// page_block_size is a multiple of 64.
+__device__ inline int tile_cache_block(const DecodeParams& p, int request, int tile, int* token_in_page) {
+  const int token = tile * kBlockN;
+  const int page = token / p.page_block_size;
+  *token_in_page = token - page * p.page_block_size;
+  return p.block_table[static_cast<int64_t>(request) * p.block_table_batch_stride + page];
+}
+
+__device__ inline void cp_async_16_zfill(void* smem_dst, const void* gmem_src, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes)
+               : "memory");
+}
+
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// Gathers rows [m_tile * 64, m_tile * 64 + 64) of kv head `kv_head` of `request` into the
+// swizzled Q tile; packed row r = s * g + j is q[request, s, kv_head * g + j, :]. Rows past
+// q_rows_per_kv_head are zero-filled (finite, never stored). Called by the kQLoaderThreads.
+template <class Element>
+__device__ inline void load_q_tile(const DecodeParams& p, int m_tile, int kv_head, int request, Element* q_smem,
+                                   int loader_thread) {
+  constexpr int kChunkElems = 16 / kElementBytes;
+  constexpr int kChunksPerRow = kHeadDim / kChunkElems;
+  constexpr int kChunksPerPiece = kPieceCols / kChunkElems;
+  constexpr int kChunks = kBlockM * kChunksPerRow;
+  static_assert(kChunks % kQLoaderThreads == 0, "Q chunks split evenly across loader threads");
+  const Element* q = static_cast<const Element*>(p.q) + static_cast<int64_t>(request) * p.q_batch_stride;
+  const int g = p.q_heads_per_kv_head;
+#pragma unroll 4
+  for (int idx = loader_thread; idx < kChunks; idx += kQLoaderThreads) {
+    const int row = idx / kChunksPerRow;
+    const int chunk = idx - row * kChunksPerRow;
+    const int packed_row = m_tile * kBlockM + row;
+    const bool valid = packed_row < p.q_rows_per_kv_head;
+    const int s = packed_row / g;
+    const int head = kv_head * g + (packed_row - s * g);
+    const Element* src = valid ? q + s * p.q_seq_stride + head * p.q_head_stride + chunk * kChunkElems : q;
+    Element* dst = q_smem + (chunk / kChunksPerPiece) * kPieceElems +
+                   swizzled_piece_offset(row, (chunk % kChunksPerPiece) * kChunkElems);
+    cp_async_16_zfill(dst, src, valid);
+  }
+}
+
+// ---- Consumers -----------------------------------------------------------------------------------
+
+// The last tile of a request ends inside a page whose remaining rows hold anything (NaN in the
+// tests). Scores of those tokens are masked, but wgmma computes 0 * NaN = NaN in P.V, so the V
+// columns of rows [first_invalid_row, 64) are zeroed before any GEMM reads the stage. The rope
+// piece is left alone: it only feeds QK^T, whose affected columns are masked by index.
+template <class Element>
+__device__ inline void zero_v_tail(Element* stage_smem, int first_invalid_row, int thread_in_warpgroup) {
+  constexpr int kChunkElems = 16 / kElementBytes;
+  constexpr int kChunksPerRow = kPieceCols / kChunkElems;  // a swizzle permutes chunks within a row
+  constexpr int kChunksPerTokenRow = kNumVPieces * kChunksPerRow;
+  const int n = (kBlockN - first_invalid_row) * kChunksPerTokenRow;
+  // The trip count is the same for every warp of the warpgroup, so all of them reach the barriers
+  // that follow from the same loop exit.
+  for (int base = 0; base < n; base += kThreadsPerWarpgroup) {
+    const int idx = base + thread_in_warpgroup;
+    if (idx < n) {
+      const int row = first_invalid_row + idx / kChunksPerTokenRow;
+      const int rem = idx % kChunksPerTokenRow;
+      const int piece = rem / kChunksPerRow;
+      const int chunk = rem % kChunksPerRow;
+      *reinterpret_cast<uint4*>(stage_smem + piece * kPieceElems + row * kPieceCols + chunk * kChunkElems) =
+          make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// S = Q K^T over the nine pieces, waiting for each piece's TMA just before its four k-blocks.
+template <class Traits, class TensorS>
+__device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits::Element* stage_smem,
+                               uint64_t (&full)[kNumPieces], uint32_t phase, TensorS& tSrS,
+                               int thread_in_warpgroup) {
+  using namespace cute;
+  typename Traits::TiledMmaS mma;
+  auto thr = mma.get_thread_slice(thread_in_warpgroup);
+  Tensor sQ = make_tensor(make_smem_ptr(q_smem), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(stage_smem), typename Traits::SmemLayoutK{});
+  Tensor tSrQ = thr.partition_fragment_A(sQ);
+  Tensor tSrK = thr.partition_fragment_B(sK);
+  constexpr int kKBlocksPerPiece = kPieceCols / 16;
+  static_assert(decltype(size<2>(tSrQ))::value == kNumPieces * kKBlocksPerPiece, "k-blocks per piece");
+
+  mma.accumulate_ = GMMA::ScaleOut::Zero;
+  warpgroup_fence_operand(tSrS);
+  warpgroup_arrive();
+#pragma unroll
+  for (int p = 0; p < kNumPieces; ++p) {
+    ArrivalBarrier::wait(&full[p], phase);
+#pragma unroll
+    for (int kb = 0; kb < kKBlocksPerPiece; ++kb) {
+      cute::gemm(mma, tSrQ(_, _, p * kKBlocksPerPiece + kb), tSrK(_, _, p * kKBlocksPerPiece + kb), tSrS);
+      mma.accumulate_ = GMMA::ScaleOut::One;
+    }
+  }
+  warpgroup_commit_batch();
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(tSrS);
+}
+
+// O_half += P V_half, where V_half is this consumer's 256 dv columns of the K stage.
+template <class Traits, class TensorO>
+__device__ inline void gemm_pv(typename Traits::Element* p_smem, typename Traits::Element* v_half_smem,
+                               TensorO& tOrO, int thread_in_warpgroup) {
+  using namespace cute;
+  typename Traits::TiledMmaO mma;
+  auto thr = mma.get_thread_slice(thread_in_warpgroup);
+  Tensor sP = make_tensor(make_smem_ptr(p_smem), typename Traits::SmemLayoutP{});
+  Tensor sVt = make_tensor(make_smem_ptr(v_half_smem), typename Traits::SmemLayoutVtHalf{});
+  Tensor tOrP = thr.partition_fragment_A(sP);
+  Tensor tOrV = thr.partition_fragment_B(sVt);
+
+  mma.accumulate_ = GMMA::ScaleOut::One;
+  warpgroup_fence_operand(tOrO);
+  warpgroup_arrive();
+#pragma unroll
+  for (int kb = 0; kb < decltype(size<2>(tOrP))::value; ++kb) {
+    cute::gemm(mma, tOrP(_, _, kb), tOrV(_, _, kb), tOrO);
+  }
+  warpgroup_commit_batch();
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(tOrO);
+}
+
+}  // namespace flashmla::sm90

@@ -1,0 +1,117 @@
+// Online softmax of consumer 0 over the S accumulator of a 64 x 64 wgmma, in fp32 with exp2.
+//
+// Accumulator layout (CuTe CLayout_64xN): thread t of the warpgroup holds rows
+// 16 * (t / 32) + (t % 32) / 4 + {0, 8}; value i sits in row half (i >> 1) & 1, and the four lanes
+// of a quad share the same two rows. Columns come from an identity-tensor partition.
+//
+// Masking: a key is kept when token < limit(row), limit = L, or min(L, L - s_q + s + 1) when
+// causal. Masked scores become -inf by replacement (never arithmetic: the page tail may hold NaN)
+// before the max, so no NaN or garbage reaches m, l or P.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include "kernels/sm90/sm90_kernel_traits.h"
+
+namespace flashmla::sm90 {
+
+constexpr int kRowsPerThread = 2;
+
+__device__ __forceinline__ int accum_row_half(int value_index) { return (value_index >> 1) & 1; }
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Consumer 0 publishes per-row factors here for consumer 1, and P for both P.V GEMMs. P must
+// start on a 1024-byte boundary (128-byte swizzle); the kernel's SharedStorage asserts it rather
+// than over-aligning this struct, which would pad the shared-memory plan by up to 1 KB.
+template <class Element>
+struct SoftmaxExchangeStorage {
+  Element p[kBlockM * kBlockN];
+  // Per tile: exp2 rescale of the running output; at the end of a visit: 1 / row sum.
+  float row_factor[kBlockM];
+};
+
+struct OnlineSoftmax {
+  float row_max[kRowsPerThread];  // raw (unscaled) score max; -inf before any kept key
+  float row_sum[kRowsPerThread];  // this thread's share of sum(exp2(...)); quad-reduced at the end
+  int key_limit[kRowsPerThread];  // keys [0, key_limit) are visible to the row
+
+  // `rows` are the thread's two packed query rows of the tile (absolute within the kv head).
+  __device__ void reset(int seqlen, int s_q, int q_heads_per_kv_head, bool causal, const int (&rows)[kRowsPerThread]) {
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+      row_max[h] = -INFINITY;
+      row_sum[h] = 0.f;
+      int limit = seqlen;
+      if (causal) {
+        const int causal_limit = seqlen - s_q + rows[h] / q_heads_per_kv_head + 1;
+        limit = causal_limit < limit ? causal_limit : limit;
+      }
+      key_limit[h] = limit;
+    }
+  }
+
+  // Masks and exponentiates the tile's scores in place (S becomes P, unnormalised) and returns
+  // in `rescale` the factor the running output must be multiplied by before adding P.V.
+  template <class TensorS, class TensorC>
+  __device__ void update(TensorS& tSrS, const TensorC& tScS, int first_key, float scale_log2,
+                         float (&rescale)[kRowsPerThread]) {
+    using namespace cute;
+    float tile_max[kRowsPerThread];
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) tile_max[h] = row_max[h];
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) {
+      const int h = accum_row_half(i);
+      const int key = first_key + get<1>(tScS(i));
+      if (key >= key_limit[h]) tSrS(i) = -INFINITY;
+      tile_max[h] = fmaxf(tile_max[h], tSrS(i));
+    }
+    float neg_max_scaled[kRowsPerThread];
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+      const float new_max = quad_max(tile_max[h]);
+      // A row with no kept key so far keeps max -inf; subtract 0 instead so that exp2 sees -inf
+      // (giving 0) rather than -inf - -inf = NaN.
+      const float safe_max = new_max == -INFINITY ? 0.f : new_max;
+      rescale[h] = exp2f((row_max[h] - safe_max) * scale_log2);
+      row_max[h] = new_max;
+      neg_max_scaled[h] = -safe_max * scale_log2;
+      row_sum[h] *= rescale[h];
+    }
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) {
+      const int h = accum_row_half(i);
+      const float p = exp2f(fmaf(tSrS(i), scale_log2, neg_max_scaled[h]));
+      tSrS(i) = p;
+      row_sum[h] += p;
+    }
+  }
+
+  // 1 / row sum (0 for a row that saw no key) and the natural-log lse of each row; a row with no
+  // key gets `empty_lse` (+inf for the final output, -inf for a split-KV partial).
+  __device__ void finalize(float scale_log2, float empty_lse, float (&inv_sum)[kRowsPerThread],
+                           float (&lse)[kRowsPerThread]) const {
+    constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+      const float sum = quad_sum(row_sum[h]);
+      const bool empty = !(sum > 0.f);
+      inv_sum[h] = empty ? 0.f : 1.f / sum;
+      lse[h] = empty ? empty_lse : (row_max[h] * scale_log2 + log2f(sum)) * kLn2;
+    }
+  }
+};
+
+}  // namespace flashmla::sm90
