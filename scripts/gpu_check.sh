@@ -3,11 +3,11 @@
 # the Python tests, and the benchmark grid. Meant for an offline GPU machine: FLASHMLA_DEPS_DIR may
 # hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
-# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench").
+# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench sanitize").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
-STEPS=${FLASHMLA_GPU_STEPS:-build ctest pytest bench}
+STEPS=${FLASHMLA_GPU_STEPS:-build ctest pytest bench sanitize}
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 mkdir -p "$LOG"
 export FLASHMLA_SKIP_SETUP=1 PYTHONUNBUFFERED=1
@@ -62,5 +62,11 @@ if step bench; then
     >"$LOG/bench_grid.txt" 2>&1
   rc=$?; ((status |= rc)); summary "bench grid rc=$rc"
   cat "$LOG/bench_grid.txt"
+  python3 bench/report.py "$LOG/bench_grid.json" >/dev/null 2>&1 || echo "report.py failed"
+fi
+
+if step sanitize; then
+  scripts/sanitize.sh "$BUILD_DIR" "$LOG" | tee -a "$LOG/summary.txt"
+  ((status |= PIPESTATUS[0]))
 fi
 exit $status
