@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "flashmla/flashmla.h"
+#include "kernels/common/dtype_bits.cuh"
 
 namespace flashmla {
 namespace {
@@ -30,17 +31,6 @@ constexpr int kRowsPerCta = 16;
 constexpr int kMaxGridYZ = 65535;
 // cudaGridDependencySynchronize() (programmatic dependent launch) exists from sm_90 on.
 constexpr int kMinArchWithDependencyWait = 90;
-
-template <typename T>
-__device__ __forceinline__ uint16_t from_float(float x);
-template <>
-__device__ __forceinline__ uint16_t from_float<__nv_bfloat16>(float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <>
-__device__ __forceinline__ uint16_t from_float<__half>(float x) {
-  return __half_as_ushort(__float2half_rn(x));
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p) {

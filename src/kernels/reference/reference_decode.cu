@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "scheduler/metadata.h"
+#include "kernels/common/dtype_bits.cuh"
 
 namespace flashmla {
 namespace {
@@ -59,28 +60,6 @@ struct SharedStorage {
   float row_max[kRowsPerCta];
   float row_sum[kRowsPerCta];
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(uint16_t bits);
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(uint16_t bits) {
-  return __bfloat162float(__ushort_as_bfloat16(bits));
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(uint16_t bits) {
-  return __half2float(__ushort_as_half(bits));
-}
-
-template <typename T>
-__device__ __forceinline__ uint16_t from_float(float x);
-template <>
-__device__ __forceinline__ uint16_t from_float<__nv_bfloat16>(float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <>
-__device__ __forceinline__ uint16_t from_float<__half>(float x) {
-  return __half_as_ushort(__float2half_rn(x));
-}
 
 // Low and high element of a 32-bit word holding two consecutive dtype elements.
 template <typename T>
