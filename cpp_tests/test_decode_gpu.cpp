@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <iostream>
 #include <numeric>
 #include <random>
@@ -200,12 +201,13 @@ std::vector<int32_t> make_seqlens(const DecodeCase& c, std::mt19937_64& rng) {
   return seqlens;
 }
 
-HostProblem make_problem(const DecodeCase& c, uint64_t seed) {
+// `seqlens`, when given, replaces the lengths drawn from the case (c.s_k must be their maximum).
+HostProblem make_problem(const DecodeCase& c, uint64_t seed, std::vector<int32_t> seqlens = {}) {
   std::mt19937_64 rng(seed);
   RandomHalves random(c.dtype, rng);
   HostProblem hp;
   hp.c = c;
-  hp.seqlens = make_seqlens(c, rng);
+  hp.seqlens = seqlens.empty() ? make_seqlens(c, rng) : std::move(seqlens);
   const int page = c.page_block_size;
   // One column more than any request needs: that entry must never be read.
   hp.max_blocks_per_seq = (c.s_k + page - 1) / page + 1;
@@ -559,6 +561,29 @@ TEST(DecodeGpuLargeCache, SixtyFourBitOffsets) {
   }
 }
 
+// Checks requests of a GPU result against the CPU model one at a time: the model of a whole
+// large batch would take minutes.
+void expect_requests_match_cpu(const HostProblem& hp, const GpuResult& result,
+                               std::initializer_list<int> requests) {
+  const DecodeCase& c = hp.c;
+  const size_t out_per_request = static_cast<size_t>(c.s_q) * c.h_q * kHeadDimV;
+  const size_t lse_per_request = static_cast<size_t>(c.h_q) * c.s_q;
+  for (int request : requests) {
+    SCOPED_TRACE("request " + std::to_string(request));
+    DecodeProblem one = hp.as_problem();
+    one.batch = 1;
+    one.q += static_cast<size_t>(request) * c.s_q * c.h_q * kHeadDim;
+    one.block_table += static_cast<size_t>(request) * hp.max_blocks_per_seq;
+    one.seqlens += request;
+    GpuResult slice;
+    slice.out.assign(result.out.begin() + request * out_per_request,
+                     result.out.begin() + (request + 1) * out_per_request);
+    slice.lse.assign(result.lse.begin() + request * lse_per_request,
+                     result.lse.begin() + (request + 1) * lse_per_request);
+    expect_matches(c, one.seqlens, cpu_reference_decode(one), slice);
+  }
+}
+
 // DeepSeek-V3's shape at a realistic batch: the reference kernel must stay usable as an oracle
 // (well under a second). Checked against the CPU model on the first and last request.
 TEST(DecodeGpuLargeBatch, ReferenceIsAccurateAndFast) {
@@ -574,24 +599,109 @@ TEST(DecodeGpuLargeBatch, ReferenceIsAccurateAndFast) {
   ASSERT_NO_FATAL_FAILURE(gpu.run(FLASHMLA_BACKEND_REFERENCE, &result, &decode_ms));
   EXPECT_LT(decode_ms, kMaxMilliseconds) << "reference decode of b=64, s_k=4096, h_q=128";
   std::cout << "[ INFO     ] reference decode, b=64 s_k=4096 h_q=128: " << decode_ms << " ms\n";
+  expect_requests_match_cpu(hp, result, {0, c.batch - 1});
+}
 
-  const size_t out_per_request = static_cast<size_t>(c.s_q) * c.h_q * kHeadDimV;
-  const size_t lse_per_request = static_cast<size_t>(c.h_q) * c.s_q;
-  for (int request : {0, c.batch - 1}) {
-    SCOPED_TRACE("request " + std::to_string(request));
-    DecodeProblem one = hp.as_problem();
-    one.batch = 1;
-    one.q += static_cast<size_t>(request) * c.s_q * c.h_q * kHeadDim;
-    one.block_table += static_cast<size_t>(request) * hp.max_blocks_per_seq;
-    one.seqlens += request;
-    GpuResult slice;
-    slice.out.assign(result.out.begin() + request * out_per_request,
-                     result.out.begin() + (request + 1) * out_per_request);
-    slice.lse.assign(result.lse.begin() + request * lse_per_request,
-                     result.lse.begin() + (request + 1) * lse_per_request);
-    expect_matches(c, one.seqlens, cpu_reference_decode(one), slice);
+// The extremes the kernel must handle: the longest requests, the largest batches, 512 query rows
+// per KV head, s_q = 8 with the causal mask, and length mixes where one request dominates. The
+// default backend is compared with the reference kernel on every element (the reference kernel
+// itself is checked against the CPU model above) and with the CPU model on chosen requests.
+struct ScaleCase {
+  const char* name;
+  DecodeCase c;
+  std::vector<int32_t> (*lengths)(const DecodeCase& c, std::mt19937_64& rng);
+  std::vector<int> cpu_checked;  // requests also compared with the CPU model
+};
+
+constexpr int32_t kLongestLength = 131072;
+
+std::vector<int32_t> all_longest(const DecodeCase& c, std::mt19937_64&) {
+  return std::vector<int32_t>(c.batch, c.s_k);
+}
+
+// Mostly short requests, some empty, a few of the longest length: the plan splits the long ones
+// over many parts while hundreds of short ones share the rest.
+std::vector<int32_t> few_long_many_short(const DecodeCase& c, std::mt19937_64& rng) {
+  constexpr int kLongEvery = 256, kEmptyEvery = 97, kShortMax = 1024;
+  std::uniform_int_distribution<int32_t> short_length(1, kShortMax);
+  std::vector<int32_t> lengths(c.batch);
+  for (int i = 0; i < c.batch; ++i) {
+    lengths[i] = i % kLongEvery == 5 ? c.s_k : i % kEmptyEvery == 0 ? 0 : short_length(rng);
+  }
+  return lengths;
+}
+
+// One request of the longest length among requests of at most a page.
+std::vector<int32_t> one_long_rest_tiny(const DecodeCase& c, std::mt19937_64& rng) {
+  constexpr int kTinyMax = 64, kEmptyEvery = 5;
+  std::uniform_int_distribution<int32_t> tiny_length(1, kTinyMax);
+  std::vector<int32_t> lengths(c.batch);
+  for (int i = 0; i < c.batch; ++i) lengths[i] = i % kEmptyEvery == 0 ? 0 : tiny_length(rng);
+  lengths[c.batch / 2] = c.s_k;
+  return lengths;
+}
+
+// Uniform lengths with some shorter than s_q (causal rows that see no key) and some empty.
+std::vector<int32_t> causal_mix(const DecodeCase& c, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int32_t> length(1, c.s_k);
+  std::vector<int32_t> lengths(c.batch);
+  for (int i = 0; i < c.batch; ++i) lengths[i] = length(rng);
+  lengths[0] = c.s_k;
+  if (c.batch > 1) lengths[1] = c.s_q - 1;
+  if (c.batch > 2) lengths[2] = 0;
+  return lengths;
+}
+
+void PrintTo(const ScaleCase& sc, std::ostream* os) { *os << sc.name; }
+
+const ScaleCase kScaleCases[] = {
+    {"longest_single", {kBF16, 1, 1, kLongestLength, 128, 1, false, false, false, 64}, all_longest, {0}},
+    {"longest_sq2_causal", {kBF16, 2, 2, kLongestLength, 128, 1, false, true, false, 64}, all_longest, {1}},
+    {"batch1024_skewed", {kBF16, 1024, 1, kLongestLength, 128, 1, true, false, true, 64}, few_long_many_short,
+     {0, 5, 1023}},
+    {"batch1024_hq16_fp16", {kFP16, 1024, 1, 2048, 16, 1, true, false, true, 64}, few_long_many_short,
+     {0, 5, 777}},
+    {"one_long_rest_tiny", {kBF16, 256, 1, kLongestLength, 64, 1, true, false, true, 64}, one_long_rest_tiny,
+     {128, 1, 255}},
+    {"rows512_sq4_causal", {kBF16, 4, 4, 4096, 128, 1, true, true, false, 64}, causal_mix, {0, 1, 2, 3}},
+    {"rows512_sq8_causal_hkv2", {kBF16, 3, 8, 2000, 128, 2, true, true, false, 64}, causal_mix, {0, 1, 2}},
+    {"rows512_sq8_causal_fp16", {kFP16, 3, 8, 1500, 64, 1, true, true, false, 128}, causal_mix, {0, 1, 2}},
+    {"sq8_causal_hq16_batch64", {kBF16, 64, 8, 700, 16, 1, true, true, true, 64}, causal_mix, {0, 1, 2, 63}},
+};
+
+class DecodeGpuScaleTest : public ::testing::TestWithParam<ScaleCase> {};
+
+TEST_P(DecodeGpuScaleTest, DefaultBackendMatchesReference) {
+  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  const ScaleCase& sc = GetParam();
+  std::mt19937_64 rng(seed_of(sc.name));
+  const HostProblem hp = make_problem(sc.c, seed_of(sc.name), sc.lengths(sc.c, rng));
+  GpuProblem gpu(hp);
+  ASSERT_NO_FATAL_FAILURE(gpu.upload());
+  GpuResult oracle, result;
+  ASSERT_NO_FATAL_FAILURE(gpu.run(FLASHMLA_BACKEND_REFERENCE, &oracle));
+  ASSERT_NO_FATAL_FAILURE(gpu.run(FLASHMLA_BACKEND_AUTO, &result));
+
+  DecodeResult oracle_as_float;
+  oracle_as_float.out.resize(oracle.out.size());
+  for (size_t i = 0; i < oracle.out.size(); ++i) {
+    oracle_as_float.out[i] = half_bits_to_float(oracle.out[i], sc.c.dtype);
+  }
+  oracle_as_float.lse = oracle.lse;
+  {
+    SCOPED_TRACE("default backend vs reference kernel");
+    expect_matches(sc.c, hp.seqlens.data(), oracle_as_float, result);
+  }
+  for (int request : sc.cpu_checked) {
+    SCOPED_TRACE("default backend vs CPU model");
+    expect_requests_match_cpu(hp, result, {request});
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DecodeGpuScaleTest, ::testing::ValuesIn(kScaleCases),
+                         [](const ::testing::TestParamInfo<ScaleCase>& info) {
+                           return std::string(info.param.name);
+                         });
 
 }  // namespace
 }  // namespace flashmla_test

@@ -3,7 +3,8 @@
 # the Python tests, and the benchmark grid. Meant for an offline GPU machine: FLASHMLA_DEPS_DIR may
 # hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
-# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench sanitize").
+# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench sanitize"; "profile" adds
+# Nsight Compute per-kernel times of the latency rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
@@ -63,6 +64,10 @@ if step bench; then
   rc=$?; ((status |= rc)); summary "bench grid rc=$rc"
   cat "$LOG/bench_grid.txt"
   python3 bench/report.py "$LOG/bench_grid.json" >/dev/null 2>&1 || echo "report.py failed"
+fi
+
+if step profile; then
+  scripts/profile.sh "$BUILD_DIR" "$LOG/profile" | tee "$LOG/profile.txt"
 fi
 
 if step sanitize; then

@@ -2,17 +2,20 @@
 // request with more than one piece into out and lse:
 //   lse_max = max_i lse_i,  w_i = exp(lse_i - lse_max),
 //   out = sum_i w_i o_i / sum_i w_i,  lse = lse_max + log(sum_i w_i).
-// Pieces whose lse is -inf saw no key and are skipped (their o is never read); a row whose pieces
-// all saw no key gets out = 0, lse = +inf. Pieces are merged in slot order by one thread per output
-// column, so the result is bitwise reproducible.
+// Pieces whose lse is -inf saw no key (their o is loaded but not used); a row whose pieces all saw no key
+// gets out = 0, lse = +inf. Every thread adds the pieces of its columns in slot order, so the
+// result is bitwise reproducible.
 //
-// Grid: (request, kv head, group of kRowsPerCta packed rows); CTAs of unsplit requests exit at
-// once.
+// Grid: (request, kv head, group of rows_per_cta packed rows); CTAs of unsplit requests exit at
+// once. For a small batch each CTA takes one row, so that a single long request split into ~one
+// piece per SM is merged by ~one CTA per row rather than by a few CTAs walking rows in turn; the
+// slot loop is unrolled so each thread keeps several partial rows in flight.
 #include "kernels/combine/combine.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -26,45 +29,69 @@ constexpr int kHeadDimV = FLASHMLA_HEAD_DIM_V;
 constexpr int kColsPerThread = 4;  // one float4 of a partial row
 constexpr int kThreads = kHeadDimV / kColsPerThread;
 static_assert(kThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
-constexpr int kRowsPerCta = 16;
+constexpr int kWarps = kThreads / 32;
+// Partial rows each thread loads before using any of them.
+constexpr int kSlotUnroll = 4;
+// Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
+// several times, without paying a CTA launch per row on large batches.
+constexpr int64_t kTargetCtas = 1024;
+constexpr int kMaxRowsPerCta = 16;
 // Grid dimensions y and z are limited to this many blocks.
 constexpr int kMaxGridYZ = 65535;
 // cudaGridDependencySynchronize() (programmatic dependent launch) exists from sm_90 on.
 constexpr int kMinArchWithDependencyWait = 90;
 
+// The largest lse of a row's pieces; every thread of the CTA gets it.
+__device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t slot_end, int kv_head,
+                             int row, float* warp_partials) {
+  float m = -INFINITY;
+  for (int64_t slot = slot_begin + threadIdx.x; slot < slot_end; slot += kThreads) {
+    m = fmaxf(m, p.lse_accum[partial_row_index(p, slot, kv_head, row)]);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  if (threadIdx.x % 32 == 0) warp_partials[threadIdx.x / 32] = m;
+  __syncthreads();
+  float result = warp_partials[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) result = fmaxf(result, warp_partials[w]);
+  // warp_partials is rewritten for the next row only after every thread has read it.
+  __syncthreads();
+  return result;
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p, int rows_per_cta) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // kMinArchWithDependencyWait
   // Launched programmatically: wait until the main kernel's partials (and everything before it)
   // are visible. Without the launch attribute this returns at once.
   cudaGridDependencySynchronize();
 #endif
+  __shared__ float warp_partials[kWarps];
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
-  const int row_begin = blockIdx.z * kRowsPerCta;
+  const int row_begin = blockIdx.z * rows_per_cta;
   const int64_t slot_begin = p.num_splits[req];
   const int64_t slot_end = p.num_splits[req + 1];
   if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
 
   const int col0 = threadIdx.x * kColsPerThread;
-  const int row_end = min(row_begin + kRowsPerCta, p.q_rows_per_kv_head);
+  const int row_end = min(row_begin + rows_per_cta, p.q_rows_per_kv_head);
   for (int row = row_begin; row < row_end; ++row) {
-    float lse_max = -INFINITY;
-    for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
-      lse_max = fmaxf(lse_max, p.lse_accum[partial_row_index(p, slot, kv_head, row)]);
-    }
-
+    const float lse_max = row_lse_max(p, slot_begin, slot_end, kv_head, row, warp_partials);
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float lse = INFINITY;
     if (lse_max != -INFINITY) {
       float weight_sum = 0.0f;
+#pragma unroll kSlotUnroll
       for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
         const int64_t partial_row = partial_row_index(p, slot, kv_head, row);
+        // Both loads are unconditional so the unrolled iterations issue them back to back; every
+        // piece's rows are written by its visit, only their values may be meaningless.
         const float piece_lse = p.lse_accum[partial_row];
-        if (piece_lse == -INFINITY) continue;
+        const float4 piece = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
+        if (piece_lse == -INFINITY) continue;  // o of a piece that saw no key may be NaN
         const float w = expf(piece_lse - lse_max);
-        const float4 piece =
-            *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
         o.x = fmaf(w, piece.x, o.x);
         o.y = fmaf(w, piece.y, o.y);
         o.z = fmaf(w, piece.z, o.z);
@@ -98,10 +125,16 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p)
   }
 }
 
+int rows_per_cta_for(const DecodeParams& params) {
+  const int64_t rows = static_cast<int64_t>(params.batch) * params.h_kv * params.q_rows_per_kv_head;
+  return static_cast<int>(std::clamp<int64_t>(rows / kTargetCtas, 1, kMaxRowsPerCta));
+}
+
 template <typename T>
 cudaError_t launch(const DecodeParams& params, cudaStream_t stream,
                    bool programmatic_dependent_launch) {
-  const int row_groups = (params.q_rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta;
+  const int rows_per_cta = rows_per_cta_for(params);
+  const int row_groups = (params.q_rows_per_kv_head + rows_per_cta - 1) / rows_per_cta;
   if (params.h_kv > kMaxGridYZ || row_groups > kMaxGridYZ) return cudaErrorInvalidConfiguration;
 
   // The dependency wait exists only in code built for sm_90+; code JIT-compiled from older PTX
@@ -123,7 +156,7 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream,
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
   config.numAttrs = programmatic_dependent_launch ? 1 : 0;
-  return cudaLaunchKernelEx(&config, combine_kernel<T>, params);
+  return cudaLaunchKernelEx(&config, combine_kernel<T>, params, rows_per_cta);
 }
 
 }  // namespace

@@ -154,7 +154,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       }
       fence_generic_to_async_proxy();
       __syncwarp();
-      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+      NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
       // This warpgroup's own P.V reads P rows written by its other warps.
       NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
 
@@ -175,11 +175,11 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = inv_sum[h];
     }
     __syncwarp();
-    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+    NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
     store_lse(p, v, sched.m_tile, sched.kv_head, tOcO, lse, tid);
   }
-  // Matches consumer 1's arrival for the P buffer it never hands back after its last read.
+  // Matches consumer 1's release of the P buffer after its last read.
   __syncwarp();
   NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
 }
@@ -202,7 +202,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
 
   PipelineState k_state;
   // The P buffer starts free.
-  NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+  NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
 
   for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
     // bar.sync and wgmma need converged warps; the previous visit's stores diverge on padding rows.
@@ -224,14 +224,14 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
       ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
-      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+      NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
       k_state.advance();
     }
     NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
     float inv_sum[kRowsPerThread];
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) inv_sum[h] = ss.exchange.row_factor[rows_in_tile[h]];
-    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+    NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
   }
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time and throughput of single bench shapes under Nsight Compute, for the
+# performance log (bench/PERFORMANCE.md). ncu serialises kernels, so programmatic-launch overlap
+# is absent here: read durations per kernel, and wall time from flashmla_bench alone.
+# Usage: scripts/profile.sh BUILD_DIR LOG_DIR [shape flags ...]   (default: the latency rows)
+set -uo pipefail
+BUILD_DIR=${1:?build dir}
+LOG=${2:?log dir}
+shift 2
+mkdir -p "$LOG"
+BENCH="$BUILD_DIR/bench/flashmla_bench"
+# Profile only the decode's own kernels, a few launches each.
+KERNELS='regex:sm90_decode|combine|reference_decode'
+METRICS=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
+
+shapes=("$@")
+if ((${#shapes[@]} == 0)); then
+  shapes=("--batch 1 --s-k 1024 --no-varlen" "--batch 1 --s-k 8192 --no-varlen"
+          "--batch 1 --s-k 65536 --no-varlen" "--batch 8 --s-k 8192 --no-varlen"
+          "--batch 32 --s-k 8192 --no-varlen")
+fi
+for shape in "${shapes[@]}"; do
+  name=$(echo "$shape" | tr -d '-' | tr ' ' '_')
+  # shellcheck disable=SC2086
+  ncu --clock-control none -k "$KERNELS" -c 4 --metrics "$METRICS" --csv \
+    "$BENCH" $shape --iters 2 --warmup-ms 0 >"$LOG/ncu_$name.csv" 2>"$LOG/ncu_$name.err"
+  echo "== $shape"
+  python3 - "$LOG/ncu_$name.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows:
+    print("  no ncu rows (see .err)"); sys.exit()
+head = rows[0]; col = {n: i for i, n in enumerate(head)}
+for r in rows[1:]:
+    if r[col["Metric Name"]] in ("gpu__time_duration.sum", "launch__grid_size",
+                                 "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed"):
+        print(f"  {r[col['ID']]:>3} {r[col['Kernel Name']][:60]:60} {r[col['Metric Name']]:52} "
+              f"{r[col['Metric Value']]} {r[col['Metric Unit']]}")
+PY
+done
