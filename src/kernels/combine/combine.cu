@@ -31,7 +31,7 @@ constexpr int kThreads = kHeadDimV / kColsPerThread;
 static_assert(kThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
 constexpr int kWarps = kThreads / 32;
 // Partial rows each thread loads before using any of them.
-constexpr int kSlotUnroll = 4;
+constexpr int kSlotUnroll = 8;
 // Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
 // several times, without paying a CTA launch per row on large batches.
 constexpr int64_t kTargetCtas = 1024;
