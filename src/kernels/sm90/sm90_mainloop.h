@@ -37,10 +37,6 @@ struct MainloopBarrierStorage {
   uint64_t q_full;
   // Consumer 0 issued and retired the visit's last QK^T (kThreadsPerWarpgroup arrivals).
   uint64_t q_empty;
-  // Consumer 0 published P and the row factors (kThreadsPerWarpgroup arrivals).
-  uint64_t p_full;
-  // Consumer 1 finished reading P and the row factors (kThreadsPerWarpgroup arrivals).
-  uint64_t p_empty;
 };
 
 // Phase bookkeeping of a ring of `kStages` buffers: every consumer and producer advances its own
@@ -66,8 +62,6 @@ __device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars) {
   }
   ArrivalBarrier::init(&bars.q_full, kQLoaderThreads);
   ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
-  ArrivalBarrier::init(&bars.p_full, kThreadsPerWarpgroup);
-  ArrivalBarrier::init(&bars.p_empty, kThreadsPerWarpgroup);
 }
 
 // Shared memory written by ordinary stores (cp.async included) must be fenced into the async
