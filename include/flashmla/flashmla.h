@@ -10,10 +10,11 @@
  *  - Every function returns a flashmla_status_t. On failure, flashmla_get_last_error() returns a
  *    message naming the offending argument, e.g. "block_table: expected int32, got float16".
  *    The message is per host thread and stays valid until that thread's next flashmla call.
- *  - Work is enqueued on the given stream and never synchronises the host, so every call can be
- *    captured into a CUDA graph. Pass NULL for the legacy default stream.
+ *  - Work is enqueued on the given stream and never synchronises the host (except in validating
+ *    mode), so every call can be captured into a CUDA graph. Pass NULL for the legacy default
+ *    stream.
  *  - Values that live on the device (sequence lengths, block ids) are trusted; see
- *    flashmla_decode_args.validate (reserved) for the checked mode.
+ *    flashmla_decode_args.validate for the checked mode.
  */
 #ifndef FLASHMLA_FLASHMLA_H_
 #define FLASHMLA_FLASHMLA_H_
@@ -128,7 +129,17 @@ typedef struct flashmla_decode_args {
   void* workspace;
   size_t workspace_size;
   flashmla_backend_t backend;
-  /* Reserved: must be 0. */
+  /* 0: the values that live on the device (lengths, block ids, the plan) are trusted.
+   * 1: validating mode. Before any kernel reads the cache, the GPU checks that every cache_seqlens
+   * entry is >= 0 and at most max_blocks_per_seq * page_block_size; that the block_table entries
+   * a request uses (its first ceil(len / page_block_size)) lie in [0, num_blocks); and that
+   * tile_scheduler_metadata and num_splits are the plan flashmla_get_metadata makes of these
+   * lengths. The first bad element, in request order, is reported as
+   * FLASHMLA_STATUS_INVALID_ARGUMENT with a message naming it ("block_table[3][17] = 99999 is
+   * outside k_cache's 4096 blocks"), and no decode kernel runs. Reading the verdict back
+   * synchronises `stream` (a few extra launches and a host round trip per call), so this mode is
+   * refused with FLASHMLA_STATUS_INVALID_ARGUMENT while `stream` is being captured into a graph.
+   * Other values are invalid. */
   int32_t validate;
 } flashmla_decode_args;
 

@@ -14,6 +14,7 @@
 #include "kernels/combine/combine.h"
 #include "kernels/reference/reference_decode.h"
 #include "kernels/sm90/sm90_decode.h"
+#include "kernels/validate/validate_values.h"
 #include "scheduler/metadata.h"
 
 namespace flashmla {
@@ -65,10 +66,17 @@ flashmla_status_t check_scalars(const flashmla_decode_args& a) {
     return invalid_argument("softmax_scale: must be finite and > 0 (or 0 for 1/sqrt(576)), got " +
                             std::to_string(a.softmax_scale));
   }
-  if (a.validate != 0) return invalid_argument("validate: is reserved and must be 0");
-  if (a.backend != FLASHMLA_BACKEND_AUTO && a.backend != FLASHMLA_BACKEND_REFERENCE &&
-      a.backend != FLASHMLA_BACKEND_SM90) {
-    return invalid_argument("backend: unknown value " + std::to_string(static_cast<int>(a.backend)));
+  if (a.validate != 0 && a.validate != 1) {
+    return invalid_argument("validate: must be 0 (trust the device values) or 1 (check them), got " +
+                            std::to_string(a.validate));
+  }
+  // A C caller may store any int in the enum; reading it as the enum would be undefined in C++.
+  int backend = 0;
+  static_assert(sizeof(backend) == sizeof(a.backend), "flashmla_backend_t is int-sized");
+  std::memcpy(&backend, &a.backend, sizeof(backend));
+  if (backend != FLASHMLA_BACKEND_AUTO && backend != FLASHMLA_BACKEND_REFERENCE &&
+      backend != FLASHMLA_BACKEND_SM90) {
+    return invalid_argument("backend: unknown value " + std::to_string(backend));
   }
   return FLASHMLA_STATUS_SUCCESS;
 }
@@ -269,6 +277,29 @@ flashmla_status_t choose_kernel(flashmla_backend_t requested, const DecodeParams
   }
 }
 
+// Validating mode: the values that live on the device (lengths, block ids, the plan) are checked on
+// the GPU before any kernel reads the cache. The verdict is read back, which synchronises the
+// stream, so a stream being captured into a graph is refused rather than having its capture broken.
+flashmla_status_t check_values_on_device(const DecodeParams& p, cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t error = cudaStreamIsCapturing(stream, &capture);
+  // The legacy stream reports this while another stream of the process is capturing.
+  const bool capturing = error == cudaErrorStreamCaptureImplicit ||
+                         (error == cudaSuccess && capture != cudaStreamCaptureStatusNone);
+  if (capturing) {
+    cudaGetLastError();
+    return invalid_argument(
+        "validate: validating mode synchronises the stream, so it cannot run while the stream is "
+        "being captured into a CUDA graph; validate outside the capture");
+  }
+  if (error != cudaSuccess) return cuda_failure(error, "validate: querying stream capture");
+  ValueFaultReport report;
+  error = check_device_values(p, stream, &report);
+  if (error != cudaSuccess) return cuda_failure(error, "validate: device value check");
+  if (report.fault != ValueFault::kNone) return invalid_argument(describe_value_fault(p, report));
+  return FLASHMLA_STATUS_SUCCESS;
+}
+
 flashmla_status_t enqueue(const flashmla_decode_args& a, Plan& plan, bool use_sm90,
                           cudaStream_t stream) {
   DecodeParams& p = plan.params;
@@ -315,6 +346,7 @@ flashmla_status_t decode(const flashmla_decode_args* args, cudaStream_t stream) 
   bool use_sm90 = false;
   FLASHMLA_TRY(choose_kernel(requested, plan.params, &use_sm90));
   if (plan.params.batch == 0) return succeed();
+  if (a.validate != 0) FLASHMLA_TRY(check_values_on_device(plan.params, stream));
   return enqueue(a, plan, use_sm90, stream);
 }
 

@@ -63,6 +63,16 @@ flashmla_status_t check_tensor(const char* name, const DLTensor* t) {
   }
   // Addressable extent in elements: 1 + sum (size - 1) * stride, checked against overflow.
   const int64_t kLimit = std::numeric_limits<int64_t>::max() / 16;
+  // Compact strides are products of the later sizes (stride_of): those products must fit too.
+  if (t->strides == nullptr) {
+    int64_t product = 1;
+    for (int d = t->ndim - 1; d > 0; --d) {
+      if (t->shape[d] != 0 && product > kLimit / t->shape[d]) {
+        return invalid_argument(n + ": size and strides overflow 64-bit addressing");
+      }
+      product *= t->shape[d];
+    }
+  }
   int64_t extent = 1;
   for (int d = 0; d < t->ndim; ++d) {
     const int64_t s = stride_of(*t, d);

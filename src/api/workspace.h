@@ -26,7 +26,8 @@ inline size_t align_up(size_t value, size_t alignment) {
 inline WorkspaceLayout workspace_layout(int64_t batch, int64_t s_q, int64_t h_q,
                                         int64_t num_sm_parts) {
   WorkspaceLayout layout{0, 0, false};
-  const long double rows = static_cast<long double>(max_partial_slots(batch, num_sm_parts)) *
+  // In long double throughout: batch + num_sm_parts itself may overflow int64.
+  const long double rows = (static_cast<long double>(batch) + static_cast<long double>(num_sm_parts)) *
                            static_cast<long double>(s_q) * static_cast<long double>(h_q);
   const long double bytes = rows * (FLASHMLA_HEAD_DIM_V + 1) * sizeof(float) + 2 * kWorkspaceAlignment;
   if (bytes > static_cast<long double>(std::numeric_limits<int64_t>::max() / 2)) {

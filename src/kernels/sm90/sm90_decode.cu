@@ -121,6 +121,8 @@ const char* sm90_unsupported_reason(const DecodeParams& p) {
   if (p.num_sm_parts < 1 || p.num_sm_parts > kMaxGridYZ || p.h_kv > kMaxGridYZ) {
     return "the SM90 kernel's grid cannot hold num_sm_parts or h_kv";
   }
+  // A tensor map cannot describe a dimension of size 0; with no blocks every request is empty.
+  if (p.num_cache_blocks < 1) return "the SM90 kernel's TMA needs k_cache to have at least one block";
   constexpr int64_t kTmaStrideElems = kTmaAlignBytes / kElementBytes;
   if (!aligned_to(p.k, kTmaAlignBytes) || !stride_ok(p.page_block_size, p.k_token_stride, kTmaStrideElems) ||
       !stride_ok(p.h_kv, p.k_head_stride, kTmaStrideElems) ||
