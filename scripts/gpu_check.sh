@@ -48,7 +48,7 @@ if step ctest; then
 fi
 
 if step pytest; then
-  PYTHONPATH="$PWD/$BUILD_DIR/python" python3 -m pytest tests -q -rs -x --timeout=900 \
+  PYTHONPATH="$PWD/$BUILD_DIR/python" python3 -m pytest tests -q -rs --timeout=900 \
     --junitxml="$LOG/pytest.xml" >"$LOG/pytest.log" 2>&1
   rc=$?; ((status |= rc))
   summary "pytest rc=$rc: $(tail -1 "$LOG/pytest.log")"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing flashmla needs, from Debian's packages and PyPI: GoogleTest and
-# the DLPack header (apt), a CUDA-13-aware CMake, ninja, nanobind, scikit-build-core, numpy, pytest
-# and the CUTLASS/CuTe headers (the nvidia-cutlass wheel). The CUDA toolkit itself (nvcc 12.8+) is a
+# the DLPack header (apt), a CUDA-13-aware CMake, ninja, nanobind, scikit-build-core, numpy, pytest,
+# the CUTLASS/CuTe headers (the nvidia-cutlass wheel), and PyTorch and JAX for the CPU-only tests of
+# the framework integrations (JAX's headers also build flashmla.jax's XLA FFI handlers). The CUDA toolkit itself (nvcc 12.8+) is a
 # prerequisite. Idempotent; set FLASHMLA_SKIP_SETUP=1 to skip on machines prepared otherwise.
 set -euo pipefail
 [[ "${FLASHMLA_SKIP_SETUP:-0}" == 1 ]] && exit 0

@@ -79,3 +79,64 @@ def test_cupy_explicit_stream_argument(cupy_cuda):
     )
     stream.synchronize()
     check(cupy, case, host, a, out, lse, "cupy-stream-argument")
+
+
+@pytest.mark.parametrize("given", ["out+lse", "out", "lse"])
+def test_cupy_out_and_lse_are_written_in_place(cupy_cuda, given):
+    cupy = cupy_cuda
+    case = CASES[1]
+    host, a = to_cupy(cupy, case)
+    metadata, num_splits = flashmla.get_mla_metadata(a["cache_seqlens"], case.rows_per_kv_head, case.h_kv)
+    buffers = {}
+    if "out" in given.split("+"):
+        buffers["out"] = cupy.full((case.b, case.s_q, case.h_q, HEAD_DIM_V), np.nan, dtype=np.float16)
+    if "lse" in given.split("+"):
+        buffers["lse"] = cupy.full((case.b, case.h_q, case.s_q), np.nan, dtype=np.float32)
+    pointers = {name: array.data.ptr for name, array in buffers.items()}
+    out, lse = flashmla.flash_mla_with_kvcache(
+        a["q"], a["k_cache"], a["block_table"], a["cache_seqlens"], HEAD_DIM_V, metadata, num_splits,
+        causal=case.causal, **buffers,
+    )
+    results = {"out": out, "lse": lse}
+    for name, array in buffers.items():
+        assert results[name] is array, f"{name}: not the caller's array"
+        assert results[name].data.ptr == pointers[name], f"{name}: data was copied"
+    check(cupy, case, host, a, out, lse, f"cupy-out={given}")
+
+
+def two_devices(cupy):
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 2:
+        pytest.skip(f"needs 2 GPUs, found {count}")
+
+
+def test_cupy_arrays_on_a_non_default_gpu(cupy_cuda):
+    cupy = cupy_cuda
+    two_devices(cupy)
+    case = CASES[0]
+    with cupy.cuda.Device(1):
+        host, a = to_cupy(cupy, case)
+    assert cupy.cuda.runtime.getDevice() == 0
+    metadata, num_splits = flashmla.get_mla_metadata(a["cache_seqlens"], case.rows_per_kv_head, case.h_kv)
+    out, lse = flashmla.flash_mla_with_kvcache(
+        a["q"], a["k_cache"], a["block_table"], a["cache_seqlens"], HEAD_DIM_V, metadata, num_splits,
+        causal=case.causal,
+    )
+    assert cupy.cuda.runtime.getDevice() == 0, "the current device was not restored"
+    assert metadata.device.id == 1 and out.device.id == 1
+    with cupy.cuda.Device(1):
+        cupy.cuda.get_current_stream().synchronize()
+    check(cupy, case, host, a, out, lse, "cupy-device1")
+
+
+def test_cupy_arrays_on_different_gpus_are_an_error(cupy_cuda):
+    cupy = cupy_cuda
+    two_devices(cupy)
+    case = CASES[0]
+    host, a = to_cupy(cupy, case)
+    metadata, num_splits = flashmla.get_mla_metadata(a["cache_seqlens"], case.rows_per_kv_head, case.h_kv)
+    with cupy.cuda.Device(1):
+        k_cache = cupy.asarray(host.k_cache)
+    with pytest.raises(ValueError, match=r"^k_cache: is on cuda:1 but q is on cuda:0"):
+        flashmla.flash_mla_with_kvcache(a["q"], k_cache, a["block_table"], a["cache_seqlens"], HEAD_DIM_V,
+                                        metadata, num_splits)

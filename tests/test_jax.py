@@ -59,3 +59,15 @@ def test_jax_inside_jit_is_type_error(jax_gpu):
 
     with pytest.raises(TypeError, match=r"^q: flashmla runs eagerly"):
         decode(args[0])
+
+
+def test_jax_out_is_type_error(jax_gpu):
+    jax, device = jax_gpu
+    case = CASES[0]
+    host = make_host_inputs(case, lambda a: a.astype(jax.numpy.bfloat16))
+    q, k_cache, block_table, lengths = [jax.device_put(x, device) for x in (
+        host.q, host.k_cache, host.block_table, np.asarray(host.lengths, dtype=np.int32))]
+    metadata, num_splits = flashmla.get_mla_metadata(lengths, case.rows_per_kv_head, case.h_kv)
+    with pytest.raises(TypeError, match=r"^out: JAX arrays are immutable"):
+        flashmla.flash_mla_with_kvcache(q, k_cache, block_table, lengths, HEAD_DIM_V, metadata, num_splits,
+                                        out=jax.numpy.zeros((case.b, case.s_q, case.h_q, HEAD_DIM_V)))

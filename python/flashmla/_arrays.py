@@ -8,8 +8,11 @@ charge of the memory, and the work is enqueued on that framework's current strea
 JAX arrays are immutable, so the outputs of a JAX call are allocated with PyTorch (or CuPy when
 PyTorch is missing; CuPy may lack bfloat16), written on that framework's current stream, and handed
 to JAX with ``jax.numpy.from_dlpack``; the DLPack stream handshake orders JAX's later reads after
-the kernel. JAX inputs are waited for (``block_until_ready``) first. Calls inside ``jax.jit`` are
-not supported.
+the kernel. JAX inputs are waited for (``block_until_ready``) first. Inside ``jax.jit`` there are
+no arrays to hand over: flashmla.jax serves that case through XLA's FFI.
+
+PyTorch tensors normally bypass this module (flashmla._torch_ops); the torch adapter here serves
+JAX outputs and calls that mix torch tensors with other arrays.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ def check_array(value, name: str) -> None:
         raise TypeError(f"{name}: expected a CUDA array, got None")
     if "Tracer" in type(value).__name__ and type(value).__module__.startswith("jax"):
         raise TypeError(
-            f"{name}: flashmla runs eagerly on concrete arrays; calling it under jax.jit or "
-            f"another JAX transformation is not supported"
+            f"{name}: flashmla runs eagerly on concrete arrays; under jax.jit or another JAX "
+            f"transformation use flashmla.jax, whose functions run inside XLA"
         )
     if not hasattr(value, "__dlpack__"):
         raise TypeError(
@@ -86,6 +89,11 @@ class _Torch:
     def current_stream(self, device_id: int) -> int:
         return self.module.cuda.current_stream(device_id).cuda_stream
 
+    def pool_is_safe(self, device_id: int) -> bool:
+        # During torch.cuda.graph capture the caching allocator serves the graph's private pool,
+        # which outlives the capture.
+        return True
+
     def finish(self, array):
         return array
 
@@ -109,6 +117,17 @@ class _CuPy:
     def current_stream(self, device_id: int) -> int:
         with self.module.cuda.Device(device_id):
             return self.module.cuda.get_current_stream().ptr
+
+    def pool_is_safe(self, device_id: int) -> bool:
+        """False while the current stream captures a CUDA graph: a workspace from CuPy's pool would
+        go back to the pool after the call while the graph keeps its address, so the library
+        allocates it stream-ordered instead, which the graph records as its own allocation."""
+        with self.module.cuda.Device(device_id):
+            stream = self.module.cuda.get_current_stream()
+            try:
+                return not stream.is_capturing()
+            except Exception:  # the legacy stream while another captures; an old CuPy
+                return False
 
     def finish(self, array):
         return array
@@ -154,6 +173,9 @@ class _Jax:
 
     def current_stream(self, device_id: int) -> int:
         return self.allocator().current_stream(device_id)
+
+    def pool_is_safe(self, device_id: int) -> bool:
+        return self.allocator().pool_is_safe(device_id)
 
     def finish(self, array):
         jnp = self.module.numpy

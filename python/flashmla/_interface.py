@@ -3,55 +3,42 @@
 Checks here are only the ones the C API cannot make: Python types, host arrays, names that exist
 only in Python (backend, the keyword arguments). Shapes, dtypes, devices and values are checked by
 libflashmla, whose message (naming the argument) surfaces as ValueError.
+
+PyTorch tensors go through the torch.library operators of flashmla._torch_ops (so torch.compile
+and CUDA graphs see one op); everything else through DLPack here. The torch branch comes first
+and stays simple, because TorchDynamo traces it.
 """
 
 from __future__ import annotations
 
-import operator
+import sys
 
 from . import _C
+from ._arguments import (
+    BACKENDS,
+    as_int,
+    backend_id,
+    output_shapes,
+    positive_int,
+    softmax_scale as scale_for_c_api,
+    workspace_bytes,
+)
 from ._arrays import check_array, device_id, framework_of, prepare, stream_handle
 
-BACKENDS = ("auto", "reference", "sm90")
-_BACKEND_IDS = {
-    "auto": _C.BACKEND_AUTO,
-    "reference": _C.BACKEND_REFERENCE,
-    "sm90": _C.BACKEND_SM90,
-}
+__all__ = ["BACKENDS", "flash_mla_with_kvcache", "get_mla_metadata"]
 
 
-def _as_int(value, name: str) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+def _torch_ops_for(arrays):
+    """flashmla._torch_ops when every array is a torch tensor and the ops exist, else None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    for array in arrays:
+        if not isinstance(array, torch.Tensor):
+            return None
+    from . import _torch_ops  # registers the operators on first use
 
-
-def _positive_int(value, name: str) -> int:
-    number = _as_int(value, name)
-    if number < 1:
-        raise ValueError(f"{name}: must be >= 1, got {number}")
-    return number
-
-
-def _softmax_scale(value) -> float:
-    if value is None:
-        return 0.0  # the C API's default, 1/sqrt(576)
-    try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"softmax_scale: expected a float, got {type(value).__name__}") from None
-    if scale == 0.0:
-        # The C API reads 0 as "default"; an explicit 0 must not silently become 1/sqrt(576).
-        raise ValueError("softmax_scale: must be finite and > 0, got 0.0")
-    return scale
-
-
-def _backend_id(backend) -> int:
-    try:
-        return _BACKEND_IDS[backend]
-    except (KeyError, TypeError):
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}") from None
+    return _torch_ops if _torch_ops.AVAILABLE else None
 
 
 def _launch_stream(handle, arrays, device: int):
@@ -62,22 +49,14 @@ def _launch_stream(handle, arrays, device: int):
     return handle, handle == current
 
 
-def _workspace(arrays, device: int, shape, tile_scheduler_metadata):
-    """Workspace from the caller's framework, or None to let the library allocate it.
-
-    Memory from a framework's pool is safe only on the stream the pool orders it by (the current
-    one); the caller decides that and passes None otherwise. Sizes that cannot be computed are
-    left to flashmla_decode, which reports the argument at fault.
-    """
-    metadata_shape = tuple(tile_scheduler_metadata.shape)
-    if len(shape) != 4 or shape[0] == 0 or len(metadata_shape) != 2:
-        return None
-    batch, s_q, h_q = shape[:3]
-    try:
-        nbytes = _C.decode_workspace_size(batch, s_q, h_q, metadata_shape[0])
-    except ValueError:
-        return None
-    return arrays.empty((nbytes,), "uint8", device) if nbytes else None
+def _caller_output(value, name: str, arrays):
+    check_array(value, name)
+    if arrays.name == "jax":
+        raise TypeError(
+            f"{name}: JAX arrays are immutable, so flashmla cannot write into one; leave {name} to "
+            f"flashmla, or use flashmla.jax inside jax.jit"
+        )
+    return value
 
 
 def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream=None):
@@ -94,9 +73,13 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream
         (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b + 1] int32), arrays of
         cache_seqlens' framework on its device.
     """
+    torch_ops = _torch_ops_for((cache_seqlens,))
+    if torch_ops is not None:
+        return torch_ops.get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, stream)
+
     check_array(cache_seqlens, "cache_seqlens")
-    rows_per_kv_head = _positive_int(num_heads_per_head_k, "num_heads_per_head_k")
-    num_kv_heads = _positive_int(num_heads_k, "num_heads_k")
+    rows_per_kv_head = positive_int(num_heads_per_head_k, "num_heads_per_head_k")
+    num_kv_heads = positive_int(num_heads_k, "num_heads_k")
     handle = None if stream is None else stream_handle(stream)
     arrays = framework_of(cache_seqlens, "cache_seqlens")
     cache_seqlens = prepare(cache_seqlens, "cache_seqlens")
@@ -104,7 +87,7 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream
 
     num_sm_parts = _C.get_num_sm_parts(device, rows_per_kv_head, num_kv_heads)
     shape = tuple(cache_seqlens.shape)
-    batch = shape[0] if shape else 0
+    batch = shape[0] if len(shape) == 1 else 0
     handle, _ = _launch_stream(handle, arrays, device)
     metadata = arrays.empty((num_sm_parts, _C.METADATA_WORDS), "int32", device)
     num_splits = arrays.empty((batch + 1,), "int32", device)
@@ -125,6 +108,9 @@ def flash_mla_with_kvcache(
     *,
     backend="auto",
     stream=None,
+    out=None,
+    lse=None,
+    validate=False,
 ):
     """Paged MLA decode.
 
@@ -141,42 +127,48 @@ def flash_mla_with_kvcache(
         backend: "auto" (Hopper kernel on sm_90, reference elsewhere), "reference" or "sm90".
         stream: optional stream (int handle or stream object); default: the current stream of
             q's framework (for JAX: of the framework that allocates the outputs).
+        out, lse: optional arrays [b, s_q, h_q, 512] (dtype of q) and [b, h_q, s_q] float32 to
+            write into instead of allocating (not for JAX arrays); they are returned as given.
+        validate: check on the GPU that every block id used is inside k_cache and every length
+            fits its block-table row, failing the call instead of reading out of bounds.
 
     Returns:
         (out [b, s_q, h_q, 512] dtype of q, softmax_lse [b, h_q, s_q] float32), arrays of q's
         framework on its device. Requests with no tokens get out = 0 and lse = +inf.
     """
-    inputs = {
-        "q": q,
-        "k_cache": k_cache,
-        "block_table": block_table,
-        "cache_seqlens": cache_seqlens,
-        "tile_scheduler_metadata": tile_scheduler_metadata,
-        "num_splits": num_splits,
-    }
-    for name, value in inputs.items():
+    inputs = (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
+    torch_ops = _torch_ops_for(inputs)
+    if torch_ops is not None:
+        return torch_ops.flash_mla_with_kvcache(
+            inputs, head_dim_v, softmax_scale, causal, backend, stream, out, lse, validate)
+
+    names = ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata", "num_splits")
+    for name, value in zip(names, inputs):
         check_array(value, name)
-    head_dim_v = _as_int(head_dim_v, "head_dim_v")
-    scale = _softmax_scale(softmax_scale)
-    backend_id = _backend_id(backend)
+    head_dim_v = as_int(head_dim_v, "head_dim_v")
+    scale = scale_for_c_api(softmax_scale)
+    backend_number = backend_id(backend)
     handle = None if stream is None else stream_handle(stream)
     arrays = framework_of(q, "q")
+    if out is not None:
+        out = _caller_output(out, "out", arrays)
+    if lse is not None:
+        lse = _caller_output(lse, "lse", arrays)
     q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits = (
-        prepare(value, name) for name, value in inputs.items()
+        prepare(value, name) for name, value in zip(names, inputs)
     )
 
     device = device_id(q)
     handle, on_current_stream = _launch_stream(handle, arrays, device)
     shape = tuple(q.shape)
-    # A q of the wrong rank still gets (empty) outputs, so that libflashmla reports q itself.
-    batch, s_q, h_q = shape[:3] if len(shape) == 4 else (0, 1, 1)
-    # Likewise a wrong head_dim_v: libflashmla names it before it looks at out's shape.
-    out_dim = head_dim_v if head_dim_v == _C.HEAD_DIM_V else 0
-    out = arrays.empty((batch, s_q, h_q, out_dim), q.dtype, device)
-    lse = arrays.empty((batch, h_q, s_q), "float32", device)
-    workspace = (
-        _workspace(arrays, device, shape, tile_scheduler_metadata) if on_current_stream else None
-    )
+    out_shape, lse_shape = output_shapes(shape, head_dim_v)
+    out_array = arrays.empty(out_shape, q.dtype, device) if out is None else out
+    lse_array = arrays.empty(lse_shape, "float32", device) if lse is None else lse
+    # Memory from a framework's pool is safe only on the stream the pool orders it by (the
+    # current one) and outside graph capture; otherwise the library allocates it stream-ordered.
+    nbytes = workspace_bytes(shape, tile_scheduler_metadata.shape)
+    use_pool = nbytes > 0 and on_current_stream and arrays.pool_is_safe(device)
+    workspace = arrays.empty((nbytes,), "uint8", device) if use_pool else None
     _C.decode(
         q,
         k_cache,
@@ -184,13 +176,17 @@ def flash_mla_with_kvcache(
         cache_seqlens,
         tile_scheduler_metadata,
         num_splits,
-        out,
-        lse,
+        out_array,
+        lse_array,
         head_dim_v,
         scale,
         bool(causal),
         workspace,
-        backend_id,
+        backend_number,
         handle,
+        bool(validate),
     )
-    return arrays.finish(out), arrays.finish(lse)
+    return (
+        arrays.finish(out_array) if out is None else out,
+        arrays.finish(lse_array) if lse is None else lse,
+    )

@@ -124,7 +124,8 @@ void decode(const InputArray& q, const InputArray& k_cache, const InputArray& bl
             const InputArray& cache_seqlens, const InputArray& tile_scheduler_metadata,
             const InputArray& num_splits, const OutputArray& out, const OutputArray& lse,
             int32_t head_dim_v, float softmax_scale, bool causal,
-            const std::optional<OutputArray>& workspace, int backend, uintptr_t stream) {
+            const std::optional<OutputArray>& workspace, int backend, uintptr_t stream,
+            bool validate) {
   TensorView q_view(q), k_view(k_cache), table_view(block_table), seqlens_view(cache_seqlens),
       metadata_view(tile_scheduler_metadata), splits_view(num_splits), out_view(out),
       lse_view(lse);
@@ -143,6 +144,7 @@ void decode(const InputArray& q, const InputArray& k_cache, const InputArray& bl
   args.softmax_scale = softmax_scale;
   args.causal = causal ? 1 : 0;
   args.backend = static_cast<flashmla_backend_t>(backend);
+  args.validate = validate ? 1 : 0;
   if (workspace.has_value() && workspace->nbytes() > 0) {
     check_workspace(*workspace, q);
     // nanobind 2.x returns const data from a const array; the memory itself is writable.
@@ -198,7 +200,9 @@ NB_MODULE(_C, m) {
   m.def("decode", &decode, "q"_a, "k_cache"_a, "block_table"_a, "cache_seqlens"_a,
         "tile_scheduler_metadata"_a, "num_splits"_a, "out"_a, "lse"_a, "head_dim_v"_a,
         "softmax_scale"_a, "causal"_a, "workspace"_a.none(), "backend"_a, "stream"_a,
+        "validate"_a = false,
         "Paged MLA decode into the caller's out [b, s_q, h_q, 512] and lse [b, h_q, s_q]. "
         "softmax_scale 0 selects 1/sqrt(576). workspace None: allocated stream-ordered by the "
-        "library.");
+        "library. validate: flashmla_decode_args.validate (block ids and lengths checked on the "
+        "GPU).");
 }
