@@ -120,6 +120,7 @@ struct Options {
   std::string json_file;
   uint64_t seed = 0;
   bool check = false;
+  int64_t sm_parts = 0;  // 0: flashmla_get_num_sm_parts
 };
 
 const char* kUsage = R"(usage: flashmla_bench [options]
@@ -147,6 +148,8 @@ Run:
                          varlen/causal: yes|no; flashmla_us: FlashMLA's time, or '-')
   --json FILE          write all rows as a JSON list
   --seed N             seed of the lengths, the block table and the data (0)
+  --sm-parts N         parts of the split-KV plan instead of flashmla_get_num_sm_parts' choice
+                         (0: the library's choice), to explore the split count
   --check              before timing, compare one run against --backend reference
                          (relative L2 of out, max abs of lse); a failure exits non-zero
   --help               this text
@@ -231,6 +234,8 @@ std::optional<Options> parse_args(int argc, char** argv) {
       o.seed = static_cast<uint64_t>(parse_int(flag, next(), 0));
     else if (flag == "--check")
       o.check = true;
+    else if (flag == "--sm-parts")
+      o.sm_parts = parse_int(flag, next(), 0);
     else if (flag == "--dtype") {
       const std::string v = next();
       if (v == "bf16" || v == "bfloat16")
@@ -717,6 +722,7 @@ void build_problem(Problem& p, const Shape& s, const Options& o, const DeviceInf
   // The plan: computed once, outside everything timed (one plan serves every layer of a step).
   const int64_t rows_per_kv_head = s.h_kv > 0 ? s.s_q * s.h_q / s.h_kv : 0;
   FLASHMLA_CHECK(flashmla_get_num_sm_parts(d, rows_per_kv_head, s.h_kv, &p.num_sm_parts));
+  if (o.sm_parts > 0) p.num_sm_parts = o.sm_parts;
   p.metadata =
       DeviceBuffer(static_cast<size_t>(p.num_sm_parts) * FLASHMLA_METADATA_WORDS * sizeof(int32_t));
   p.num_splits = DeviceBuffer(static_cast<size_t>(s.batch + 1) * sizeof(int32_t));

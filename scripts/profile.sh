@@ -3,6 +3,8 @@
 # performance log (bench/PERFORMANCE.md). ncu serialises kernels, so programmatic-launch overlap
 # is absent here: read durations per kernel, and wall time from flashmla_bench alone.
 # Usage: scripts/profile.sh BUILD_DIR LOG_DIR [shape flags ...]   (default: the latency rows)
+# PROFILE_DETAIL=1 adds, for the first shape, ncu's warp-stall, memory and source sections of the
+# main kernel, and a sweep of the split count (flashmla_bench --sm-parts) on the b=1 rows.
 set -uo pipefail
 BUILD_DIR=${1:?build dir}
 LOG=${2:?log dir}
@@ -39,3 +41,20 @@ for r in rows[1:]:
               f"{r[col['Metric Value']]} {r[col['Metric Unit']]}")
 PY
 done
+
+if [[ "${PROFILE_DETAIL:-0}" == 1 ]]; then
+  # shellcheck disable=SC2086
+  ncu --clock-control none -k regex:sm90_decode -c 1 --section WarpStateStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis --section SourceCounters --section LaunchStats \
+    "$BENCH" ${shapes[0]} --iters 1 --warmup-ms 0 >"$LOG/ncu_detail.txt" 2>&1
+  echo "== ncu detail of the main kernel (${shapes[0]}): $LOG/ncu_detail.txt"
+  grep -E "Stall|Warp Cycles|Issued|Duration|Registers|Eligible|L2 Hit|Mem Busy" "$LOG/ncu_detail.txt" | head -40
+  echo "== split count sweep (median µs of flashmla_bench)"
+  for s_k in 1024 8192 65536; do
+    for parts in 8 16 33 66; do
+      t=$("$BENCH" --batch 1 --s-k "$s_k" --no-varlen --sm-parts "$parts" --warmup-ms 300 2>&1 |
+        awk '$1 == "custom" {print $10}')
+      echo "  b=1 s_k=$s_k sm_parts=$parts: $t us"
+    done
+  done
+fi
