@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cpu_reference.h"
+#include "cuda_test_support.h"
 #include "dl_tensor_utils.h"
 #include "flashmla/flashmla.h"
 
@@ -57,45 +58,6 @@ constexpr double kLseTolerance = 1e-3;
         << #expr << ": " << flashmla_status_string(flashmla_assert_status) << ": "           \
         << flashmla_get_last_error();                                                        \
   } while (0)
-
-bool have_cuda_device() {
-  int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess) {
-    cudaGetLastError();  // reset the runtime's last error so later checks start clean
-    return false;
-  }
-  return count > 0;
-}
-
-// Device memory owned by the test.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes_ > 0 && cudaMalloc(&ptr_, bytes_) != cudaSuccess) {
-      ptr_ = nullptr;
-      bytes_ = 0;
-    }
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
-    std::swap(ptr_, other.ptr_);
-    std::swap(bytes_, other.bytes_);
-    return *this;
-  }
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 struct DecodeCase {
   HalfType dtype;
@@ -262,14 +224,14 @@ class GpuProblem {
     const DecodeCase& c = hp_.c;
     const int64_t q_head_stride = kHeadDim + hp_.head_padding();
     const int64_t o_head_stride = kHeadDimV + hp_.head_padding();
-    q_ = DeviceBuffer(static_cast<size_t>(c.batch) * c.s_q * c.h_q * q_head_stride * 2);
+    q_ = DeviceMemory(static_cast<size_t>(c.batch) * c.s_q * c.h_q * q_head_stride * 2);
     const size_t block_elems = static_cast<size_t>(c.page_block_size) * c.h_kv * kHeadDim;
-    k_ = DeviceBuffer((static_cast<size_t>(block_offset_) * block_elems + hp_.k_cache.size()) * 2);
-    table_ = DeviceBuffer(hp_.block_table.size() * 4);
-    seqlens_ = DeviceBuffer(hp_.seqlens.size() * 4);
-    out_ = DeviceBuffer(static_cast<size_t>(c.batch) * c.s_q * c.h_q * o_head_stride * 2);
-    lse_ = DeviceBuffer(static_cast<size_t>(c.batch) * c.h_q * c.s_q * 4);
-    for (const DeviceBuffer* b : {&q_, &k_, &table_, &seqlens_, &out_, &lse_}) {
+    k_ = DeviceMemory((static_cast<size_t>(block_offset_) * block_elems + hp_.k_cache.size()) * 2);
+    table_ = DeviceMemory(hp_.block_table.size() * 4);
+    seqlens_ = DeviceMemory(hp_.seqlens.size() * 4);
+    out_ = DeviceMemory(static_cast<size_t>(c.batch) * c.s_q * c.h_q * o_head_stride * 2);
+    lse_ = DeviceMemory(static_cast<size_t>(c.batch) * c.h_q * c.s_q * 4);
+    for (const DeviceMemory* b : {&q_, &k_, &table_, &seqlens_, &out_, &lse_}) {
       ASSERT_NE(b->get(), nullptr) << "cudaMalloc failed";
     }
     // q rows go to their (possibly padded) place; the padding itself is NaN.
@@ -307,8 +269,8 @@ class GpuProblem {
                                                 int64_t{c.s_q} * (c.h_q / c.h_kv), c.h_kv,
                                                 &num_sm_parts));
     }
-    DeviceBuffer metadata(static_cast<size_t>(num_sm_parts) * FLASHMLA_METADATA_WORDS * 4);
-    DeviceBuffer splits((static_cast<size_t>(c.batch) + 1) * 4);
+    DeviceMemory metadata(static_cast<size_t>(num_sm_parts) * FLASHMLA_METADATA_WORDS * 4);
+    DeviceMemory splits((static_cast<size_t>(c.batch) + 1) * 4);
     ASSERT_NE(metadata.get(), nullptr);
     ASSERT_NE(splits.get(), nullptr);
     CUDA_ASSERT(cudaMemsetAsync(metadata.get(), kNaNByte, metadata.bytes(), stream_));
@@ -321,12 +283,12 @@ class GpuProblem {
     FLASHMLA_ASSERT(
         flashmla_get_metadata(seqlens.get(), metadata_t.get(), splits_t.get(), stream_));
 
-    DeviceBuffer workspace;
+    DeviceMemory workspace;
     if (!c.library_workspace) {
       size_t bytes = 0;
       FLASHMLA_ASSERT(
           flashmla_decode_workspace_size(c.batch, c.s_q, c.h_q, num_sm_parts, &bytes));
-      workspace = DeviceBuffer(bytes);
+      workspace = DeviceMemory(bytes);
       ASSERT_TRUE(bytes == 0 || workspace.get() != nullptr);
       if (bytes > 0) CUDA_ASSERT(cudaMemsetAsync(workspace.get(), kNaNByte, bytes, stream_));
     }
@@ -388,7 +350,7 @@ class GpuProblem {
 
   const HostProblem& hp_;
   int64_t block_offset_;
-  DeviceBuffer q_, k_, table_, seqlens_, out_, lse_;
+  DeviceMemory q_, k_, table_, seqlens_, out_, lse_;
   cudaStream_t stream_ = nullptr;
 };
 
@@ -491,7 +453,7 @@ class DecodeGpuTest
     : public ::testing::TestWithParam<std::tuple<DecodeCase, flashmla_backend_t>> {};
 
 TEST_P(DecodeGpuTest, MatchesCpuReference) {
-  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   const DecodeCase& c = std::get<0>(GetParam());
   const flashmla_backend_t backend = std::get<1>(GetParam());
   const HostProblem hp = make_problem(c, seed_of(case_name(c)));
@@ -515,7 +477,7 @@ INSTANTIATE_TEST_SUITE_P(
 class DecodeDeterminismTest : public ::testing::TestWithParam<flashmla_backend_t> {};
 
 TEST_P(DecodeDeterminismTest, RepeatIsBitwiseIdentical) {
-  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   // Long, uneven requests at h_q = 128: many parts, so requests are split and combined.
   const DecodeCase c{kBF16, 3, 2, 1031, 128, 1, true, true, false, 64};
   const HostProblem hp = make_problem(c, seed_of("determinism"));
@@ -538,7 +500,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, DecodeDeterminismTest,
 // Cache offsets beyond 2^32 elements: the requests' blocks sit behind ~8.8 GB of NaN blocks, so
 // any 32-bit truncation of a cache offset reads NaN (or faults).
 TEST(DecodeGpuLargeCache, SixtyFourBitOffsets) {
-  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   const DecodeCase c{kBF16, 2, 1, 300, 16, 1, true, false, false, 64};
   const HostProblem hp = make_problem(c, seed_of("large cache"));
   constexpr int64_t kElementsPastInt32 = (int64_t{1} << 32) + (int64_t{1} << 28);
@@ -587,7 +549,7 @@ void expect_requests_match_cpu(const HostProblem& hp, const GpuResult& result,
 // DeepSeek-V3's shape at a realistic batch: the reference kernel must stay usable as an oracle
 // (well under a second). Checked against the CPU model on the first and last request.
 TEST(DecodeGpuLargeBatch, ReferenceIsAccurateAndFast) {
-  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   const DecodeCase c{kBF16, 64, 1, 4096, 128, 1, false, false, false, 64};
   constexpr float kMaxMilliseconds = 1000.0f;
   const HostProblem hp = make_problem(c, seed_of("large batch"));
@@ -672,7 +634,7 @@ const ScaleCase kScaleCases[] = {
 class DecodeGpuScaleTest : public ::testing::TestWithParam<ScaleCase> {};
 
 TEST_P(DecodeGpuScaleTest, DefaultBackendMatchesReference) {
-  if (!have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   const ScaleCase& sc = GetParam();
   std::mt19937_64 rng(seed_of(sc.name));
   const HostProblem hp = make_problem(sc.c, seed_of(sc.name), sc.lengths(sc.c, rng));
