@@ -169,6 +169,9 @@ DeviceProblem::DeviceProblem(const HostProblem& host) : host_(host), device_(cur
     step(cudaMemcpy(seqlens_.get(), s.lengths.data(), seqlens_.bytes(), cudaMemcpyHostToDevice));
   }
   if (!fine) cudaGetLastError();
+  // The uploads ran on the legacy stream from pageable memory; tests go on to use non-blocking
+  // streams, which are not ordered after it.
+  if (fine) fine = cudaDeviceSynchronize() == cudaSuccess;
   ok_ = fine;
 }
 

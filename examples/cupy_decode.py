@@ -48,13 +48,16 @@ def main():
         def step():
             cupy.add(cache_seqlens, 1, out=cache_seqlens)  # this step's token is in the cache already
             metadata, num_splits = flashmla.get_mla_metadata(cache_seqlens, args.heads, 1)
-            return [flashmla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, HEAD_DIM_V,
-                                                    metadata, num_splits, causal=True)
-                    for q, k_cache in zip(queries, caches)]
+            outputs = [flashmla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, HEAD_DIM_V,
+                                                       metadata, num_splits, causal=True)
+                       for q, k_cache in zip(queries, caches)]
+            return (metadata, num_splits), outputs
 
         step()  # warm-up outside the capture (one token)
         stream.begin_capture()
-        captured = step()
+        # The captured plan stays referenced: replays write into its memory, which CuPy's pool would
+        # otherwise give to other arrays.
+        plan, captured = step()
         graph = stream.end_capture()
 
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()

@@ -143,8 +143,11 @@ def test_cupy_graph_replay_after_in_place_updates(cupy_cuda):
                 k_cache[...] = cupy.asarray(k_host)
         return host
 
+    plans = []  # a captured plan lives in CuPy's pool: it must outlive the graph's replays
+
     def step():
         metadata, num_splits = flashmla.get_mla_metadata(cache_seqlens, ROWS_PER_KV_HEAD, H_KV)
+        plans.append((metadata, num_splits))
         return [
             flashmla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, HEAD_DIM_V, metadata,
                                             num_splits, causal=CAUSAL)

@@ -474,6 +474,26 @@ def test_explicit_stream(torch_cuda, form):
     check_decode(to_numpy(out), to_numpy(lse), ref_out, ref_lse, f"stream-{form}")
 
 
+@pytest.mark.gpu
+def test_stream_zero_is_the_default_stream(torch_cuda):
+    """stream=0 means the legacy default stream (as in the C API), even while another stream is
+    current: q is written late on the default stream, so a decode anywhere else would read NaN."""
+    torch = torch_cuda
+    case = CASES[1]
+    i, ref_out, ref_lse = prepared(torch, case)
+    q = torch.full_like(i.q, math.nan)
+    with torch.cuda.stream(torch.cuda.default_stream()):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        q.copy_(i.q)
+    with torch.cuda.stream(torch.cuda.Stream()):
+        metadata, num_splits = flashmla.get_mla_metadata(i.cache_seqlens, case.rows_per_kv_head, case.h_kv,
+                                                         stream=0)
+        out, lse = flashmla.flash_mla_with_kvcache(q, i.k_cache, i.block_table, i.cache_seqlens, HEAD_DIM_V,
+                                                   metadata, num_splits, causal=case.causal, stream=0)
+    torch.cuda.synchronize()
+    check_decode(to_numpy(out), to_numpy(lse), ref_out, ref_lse, "stream-0")
+
+
 def two_gpus(torch_module):
     if torch_module.cuda.device_count() < 2:
         pytest.skip(f"needs 2 GPUs, found {torch_module.cuda.device_count()}")

@@ -174,7 +174,12 @@ def _stream_of(stream, device):
     """A torch stream for an explicit stream= (torch stream, int handle, or anything with .ptr)."""
     if isinstance(stream, torch.cuda.Stream):
         return stream
-    return torch.cuda.ExternalStream(stream_handle(stream), device=device)
+    handle = stream_handle(stream)
+    # ExternalStream(0) would hand out a fresh pool stream, and 1 (cudaStreamLegacy) is refused:
+    # both mean the legacy default stream, which is torch's default stream.
+    if handle in (0, 1):
+        return torch.cuda.default_stream(device)
+    return torch.cuda.ExternalStream(handle, device=device)
 
 
 def _caller_output(value, name: str):
