@@ -84,6 +84,18 @@ TensorDesc clone(const DLTensor& t) {
   return TensorDesc(t.data, t.device, t.dtype, shape, strides, t.byte_offset);
 }
 
+// Points the tensor fields of `args` at `tensors` (in Tensor order).
+void point_args_at(std::vector<TensorDesc>& tensors, flashmla_decode_args* args) {
+  args->q = tensors[kQ].get();
+  args->k_cache = tensors[kK].get();
+  args->block_table = tensors[kTable].get();
+  args->cache_seqlens = tensors[kSeqlens].get();
+  args->tile_scheduler_metadata = tensors[kMetadata].get();
+  args->num_splits = tensors[kSplits].get();
+  args->out = tensors[kOut].get();
+  args->lse = tensors[kLse].get();
+}
+
 // A decode call whose descriptors the test owns and may break.
 struct Call {
   std::vector<TensorDesc> tensors;
@@ -103,16 +115,7 @@ struct Call {
   Call(const Call&) = delete;
   Call& operator=(const Call&) = delete;
 
-  void relink() {
-    args.q = tensors[kQ].get();
-    args.k_cache = tensors[kK].get();
-    args.block_table = tensors[kTable].get();
-    args.cache_seqlens = tensors[kSeqlens].get();
-    args.tile_scheduler_metadata = tensors[kMetadata].get();
-    args.num_splits = tensors[kSplits].get();
-    args.out = tensors[kOut].get();
-    args.lse = tensors[kLse].get();
-  }
+  void relink() { point_args_at(tensors, &args); }
   void set(Tensor which, const DLTensor* t) {
     switch (which) {
       case kQ: args.q = t; break;
@@ -465,14 +468,7 @@ struct FakeCall {
     tensors.emplace_back(next(), device, half, std::vector<int64_t>{b, s_q, h_q, 512}, strides4(s_q, h_q, 512));
     tensors.emplace_back(next(), device, dl_float32(), std::vector<int64_t>{b, h_q, s_q});
     flashmla_decode_args_init(&args);
-    args.q = tensors[kQ].get();
-    args.k_cache = tensors[kK].get();
-    args.block_table = tensors[kTable].get();
-    args.cache_seqlens = tensors[kSeqlens].get();
-    args.tile_scheduler_metadata = tensors[kMetadata].get();
-    args.num_splits = tensors[kSplits].get();
-    args.out = tensors[kOut].get();
-    args.lse = tensors[kLse].get();
+    point_args_at(tensors, &args);
     args.causal = static_cast<int32_t>(rng() % 2);
     args.softmax_scale = rng() % 2 == 0 ? 0.0f : 0.01f * static_cast<float>(uniform(rng, 1, 100));
     args.backend = pick<flashmla_backend_t>(rng, {FLASHMLA_BACKEND_AUTO, FLASHMLA_BACKEND_REFERENCE,
