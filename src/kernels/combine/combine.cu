@@ -31,7 +31,7 @@ constexpr int kThreads = kHeadDimV / kColsPerThread;
 static_assert(kThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
 constexpr int kWarps = kThreads / 32;
 // Partial rows each thread loads before using any of them.
-constexpr int kSlotUnroll = 4;
+constexpr int kSlotUnroll = 8;
 // Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
 // several times, without paying a CTA launch per row on large batches.
 constexpr int64_t kTargetCtas = 1024;
@@ -83,20 +83,33 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p,
     float lse = INFINITY;
     if (lse_max != -INFINITY) {
       float weight_sum = 0.0f;
-#pragma unroll kSlotUnroll
-      for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
-        const int64_t partial_row = partial_row_index(p, slot, kv_head, row);
-        // Both loads are unconditional so the unrolled iterations issue them back to back; every
-        // piece's rows are written by its visit, only their values may be meaningless.
-        const float piece_lse = p.lse_accum[partial_row];
-        const float4 piece = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
-        if (piece_lse == -INFINITY) continue;  // o of a piece that saw no key may be NaN
-        const float w = expf(piece_lse - lse_max);
-        o.x = fmaf(w, piece.x, o.x);
-        o.y = fmaf(w, piece.y, o.y);
-        o.z = fmaf(w, piece.z, o.z);
-        o.w = fmaf(w, piece.w, o.w);
-        weight_sum += w;
+      for (int64_t base = slot_begin; base < slot_end; base += kSlotUnroll) {
+        // All loads of a batch first, then the sums: kSlotUnroll partial rows in flight per
+        // thread. Slots past the end read as pieces that saw no key.
+        float piece_lse[kSlotUnroll];
+        float4 piece[kSlotUnroll];
+#pragma unroll
+        for (int j = 0; j < kSlotUnroll; ++j) {
+          piece_lse[j] = -INFINITY;
+          piece[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          if (base + j < slot_end) {
+            const int64_t partial_row = partial_row_index(p, base + j, kv_head, row);
+            piece_lse[j] = p.lse_accum[partial_row];
+            piece[j] = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kSlotUnroll; ++j) {
+          // A piece that saw no key has lse -inf and an o that may be NaN: it must not reach the
+          // sums at all (selects, not branches, keep the batch together).
+          const bool saw_keys = piece_lse[j] != -INFINITY;
+          const float w = saw_keys ? expf(piece_lse[j] - lse_max) : 0.0f;
+          o.x = saw_keys ? fmaf(w, piece[j].x, o.x) : o.x;
+          o.y = saw_keys ? fmaf(w, piece[j].y, o.y) : o.y;
+          o.z = saw_keys ? fmaf(w, piece[j].z, o.z) : o.z;
+          o.w = saw_keys ? fmaf(w, piece[j].w, o.w) : o.w;
+          weight_sum += w;
+        }
       }
       // The largest piece has weight 1, so weight_sum >= 1.
       const float inv = 1.0f / weight_sum;

@@ -111,6 +111,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
   Element* const p_smem = ss.exchange.p;
   PipelineState k_state;
   uint32_t q_phase = 0;
+  uint32_t p_phase = 0;  // parity of the P exchanges so far
   OnlineSoftmax softmax;
 
   for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
@@ -139,8 +140,8 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       float rescale[kRowsPerThread];
       softmax.update(tSrS, tScS, t * kBlockN, p.scale_log2, rescale);
 
-      // Consumer 1 is done with the previous P and factors.
-      NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
+      // Consumer 1 is done with the previous P and factors (a fresh barrier passes parity 1).
+      ArrivalBarrier::wait(&ss.barriers.p_empty, p_phase ^ 1);
 #pragma unroll
       for (int i = 0; i < size(tSrS); i += 2) {
         const int row = get<0>(tScS(i));
@@ -153,9 +154,10 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
         for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = rescale[h];
       }
       fence_generic_to_async_proxy();
-      __syncwarp();
-      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+      ArrivalBarrier::arrive(&ss.barriers.p_full);
+      p_phase ^= 1;
       // This warpgroup's own P.V reads P rows written by its other warps.
+      __syncwarp();
       NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
 
 #pragma unroll
@@ -169,19 +171,16 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
     float inv_sum[kRowsPerThread];
     float lse[kRowsPerThread];
     softmax.finalize(p.scale_log2, v.writes_direct() ? INFINITY : -INFINITY, inv_sum, lse);
-    NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
+    ArrivalBarrier::wait(&ss.barriers.p_empty, p_phase ^ 1);
     if (tid % 4 == 0) {
 #pragma unroll
       for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = inv_sum[h];
     }
-    __syncwarp();
-    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPReady);
+    ArrivalBarrier::arrive(&ss.barriers.p_full);
+    p_phase ^= 1;
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
     store_lse(p, v, sched.m_tile, sched.kv_head, tOcO, lse, tid);
   }
-  // Matches consumer 1's arrival for the P buffer it never hands back after its last read.
-  __syncwarp();
-  NamedBarrier::sync(kNumConsumerThreads, kBarrierPFree);
 }
 
 // ---- Consumer 1: the other O half ------------------------------------------------------------------
@@ -201,8 +200,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
   constexpr int kVHalfOffset = kVPiecesPerConsumer * kPieceElems;
 
   PipelineState k_state;
-  // The P buffer starts free.
-  NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+  uint32_t p_phase = 0;  // parity of the P exchanges so far
 
   for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
     // bar.sync and wgmma need converged warps; the previous visit's stores diverge on padding rows.
@@ -210,7 +208,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
     const Visit v = sched.visit(p, req);
     clear(tOrO);
     for (int t = v.tile_begin; t < v.tile_end; ++t) {
-      NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
+      ArrivalBarrier::wait(&ss.barriers.p_full, p_phase);
       float rescale[kRowsPerThread];
 #pragma unroll
       for (int h = 0; h < kRowsPerThread; ++h) rescale[h] = ss.exchange.row_factor[rows_in_tile[h]];
@@ -224,14 +222,16 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
       ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
-      NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+      ArrivalBarrier::arrive(&ss.barriers.p_empty);
+      p_phase ^= 1;
       k_state.advance();
     }
-    NamedBarrier::sync(kNumConsumerThreads, kBarrierPReady);
+    ArrivalBarrier::wait(&ss.barriers.p_full, p_phase);
     float inv_sum[kRowsPerThread];
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) inv_sum[h] = ss.exchange.row_factor[rows_in_tile[h]];
-    NamedBarrier::arrive(kNumConsumerThreads, kBarrierPFree);
+    ArrivalBarrier::arrive(&ss.barriers.p_empty);
+    p_phase ^= 1;
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
   }
 }

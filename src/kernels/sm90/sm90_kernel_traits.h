@@ -48,15 +48,13 @@ static_assert(kThreadsPerWarpgroup * (kProducerRegisters + kNumConsumerWarpgroup
               "register split exceeds the register file");
 
 // Named barriers (ids above CUTLASS's reserved ones; cutlass::arch::NamedBarrier adds the offset).
+// The P exchange between the consumers uses the mbarriers p_full / p_empty instead: a named
+// barrier synced by the two consumers from different instructions is flagged by synccheck, and
+// racecheck does not order shared-memory accesses across one.
 enum NamedBarrierId : uint32_t {
-  // Consumer 1 finished reading the P tile and the row factors: consumer 0 may overwrite them.
-  kBarrierPFree = 0,
-  // Consumer 0 published the P tile and the row factors (consumer 0 arrives, consumer 1 syncs:
-  // each named barrier is waited on by one side only).
-  kBarrierPReady = 1,
   // Consumer 0's own warps: P and zeroed V rows written by its other warps are visible before its
   // wgmma reads them.
-  kBarrierSoftmaxWarpgroup = 2,
+  kBarrierSoftmaxWarpgroup = 0,
 };
 
 // The largest dynamic shared memory a Hopper CTA may opt into (227 KB).

@@ -37,6 +37,10 @@ struct MainloopBarrierStorage {
   uint64_t q_full;
   // Consumer 0 issued and retired the visit's last QK^T (kThreadsPerWarpgroup arrivals).
   uint64_t q_empty;
+  // Consumer 0 published P and the row factors (kThreadsPerWarpgroup arrivals).
+  uint64_t p_full;
+  // Consumer 1 finished reading P and the row factors (kThreadsPerWarpgroup arrivals).
+  uint64_t p_empty;
 };
 
 // Phase bookkeeping of a ring of `kStages` buffers: every consumer and producer advances its own
@@ -62,6 +66,8 @@ __device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars) {
   }
   ArrivalBarrier::init(&bars.q_full, kQLoaderThreads);
   ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
+  ArrivalBarrier::init(&bars.p_full, kThreadsPerWarpgroup);
+  ArrivalBarrier::init(&bars.p_empty, kThreadsPerWarpgroup);
 }
 
 // Shared memory written by ordinary stores (cp.async included) must be fenced into the async
@@ -158,7 +164,7 @@ __device__ inline void zero_v_tail(Element* stage_smem, int first_invalid_row, i
   }
 }
 
-// S = Q K^T over the nine pieces, waiting for each piece's TMA just before its four k-blocks.
+// S = Q K^T over the nine pieces of a K stage.
 template <class Traits, class TensorS>
 __device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits::Element* stage_smem,
                                uint64_t (&full)[kNumPieces], uint32_t phase, TensorS& tSrS,
@@ -173,12 +179,16 @@ __device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits
   constexpr int kKBlocksPerPiece = kPieceCols / 16;
   static_assert(decltype(size<2>(tSrQ))::value == kNumPieces * kKBlocksPerPiece, "k-blocks per piece");
 
+  // Every piece lands before the first wgmma: a barrier wait between wgmmas makes ptxas insert a
+  // wgmma.fence after it (advisory C7519), which serialises the accumulation. With two stages the
+  // tile was requested a whole iteration earlier, so the wait is normally already satisfied.
+#pragma unroll
+  for (int p = 0; p < kNumPieces; ++p) ArrivalBarrier::wait(&full[p], phase);
   mma.accumulate_ = GMMA::ScaleOut::Zero;
   warpgroup_fence_operand(tSrS);
   warpgroup_arrive();
 #pragma unroll
   for (int p = 0; p < kNumPieces; ++p) {
-    ArrivalBarrier::wait(&full[p], phase);
 #pragma unroll
     for (int kb = 0; kb < kKBlocksPerPiece; ++kb) {
       cute::gemm(mma, tSrQ(_, _, p * kKBlocksPerPiece + kb), tSrK(_, _, p * kKBlocksPerPiece + kb), tSrS);
