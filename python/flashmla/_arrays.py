@@ -20,6 +20,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+# DLPack's handle for CUDA's legacy default stream (0 is reserved as ambiguous).
+_DLPACK_LEGACY_STREAM = 1
+
 # DLPack device types (dlpack.h, DLDeviceType) of memory that lives on the host.
 _HOST_DEVICE_TYPES = {1: "cpu", 3: "cuda_host"}
 
@@ -97,6 +100,9 @@ class _Torch:
     def finish(self, array):
         return array
 
+    def export(self, array, stream: int):
+        return array
+
 
 class _CuPy:
     name = "cupy"
@@ -131,6 +137,13 @@ class _CuPy:
 
     def finish(self, array):
         return array
+
+    def export(self, array, stream: int):
+        """A DLPack capsule made with the stream handshake. Without a stream CuPy orders the
+        array for the legacy stream (an event on its current stream that the legacy stream
+        waits for), which is illegal while the current stream captures a graph; naming the
+        stream the kernel runs on makes that a no-op when it is CuPy's current stream."""
+        return array.__dlpack__(stream=stream if stream != 0 else _DLPACK_LEGACY_STREAM)
 
 
 class _Jax:
@@ -177,6 +190,9 @@ class _Jax:
     def pool_is_safe(self, device_id: int) -> bool:
         return self.allocator().pool_is_safe(device_id)
 
+    def export(self, array, stream: int):
+        return array  # computed in prepare()
+
     def finish(self, array):
         jnp = self.module.numpy
         if hasattr(jnp, "from_dlpack"):
@@ -218,6 +234,14 @@ def prepare(array, name: str):
     """Makes a checked input ready to export: detached (torch), computed (JAX)."""
     adapter = _adapter_of(array)
     return array if adapter is None else adapter.prepare(array, name)
+
+
+def export(array, stream: int):
+    """What flashmla._C receives for `array` when the kernel runs on `stream` (a handle)."""
+    if array is None:
+        return None
+    adapter = _adapter_of(array)
+    return array if adapter is None else adapter.export(array, stream)
 
 
 def device_id(array) -> int:

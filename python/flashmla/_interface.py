@@ -23,7 +23,7 @@ from ._arguments import (
     softmax_scale as scale_for_c_api,
     workspace_bytes,
 )
-from ._arrays import check_array, device_id, framework_of, prepare, stream_handle
+from ._arrays import check_array, device_id, export, framework_of, prepare, stream_handle
 
 __all__ = ["BACKENDS", "flash_mla_with_kvcache", "get_mla_metadata"]
 
@@ -91,7 +91,7 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream
     handle, _ = _launch_stream(handle, arrays, device)
     metadata = arrays.empty((num_sm_parts, _C.METADATA_WORDS), "int32", device)
     num_splits = arrays.empty((batch + 1,), "int32", device)
-    _C.get_metadata(cache_seqlens, metadata, num_splits, handle)
+    _C.get_metadata(*(export(a, handle) for a in (cache_seqlens, metadata, num_splits)), handle)
     return arrays.finish(metadata), arrays.finish(num_splits)
 
 
@@ -169,19 +169,14 @@ def flash_mla_with_kvcache(
     nbytes = workspace_bytes(shape, tile_scheduler_metadata.shape)
     use_pool = nbytes > 0 and on_current_stream and arrays.pool_is_safe(device)
     workspace = arrays.empty((nbytes,), "uint8", device) if use_pool else None
+    arrays_in_order = (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                       out_array, lse_array)
     _C.decode(
-        q,
-        k_cache,
-        block_table,
-        cache_seqlens,
-        tile_scheduler_metadata,
-        num_splits,
-        out_array,
-        lse_array,
+        *(export(a, handle) for a in arrays_in_order),
         head_dim_v,
         scale,
         bool(causal),
-        workspace,
+        export(workspace, handle),
         backend_number,
         handle,
         bool(validate),
