@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "scheduler/metadata.h"
+#include "kernels/common/compensated_sum.cuh"
 #include "kernels/common/dtype_bits.cuh"
 
 namespace flashmla {
@@ -211,12 +212,9 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
 
     // Online-softmax state of rows (warp + kWarps * i), replicated in every lane of the warp.
     float run_max[kRowsPerWarp];
-    float run_sum[kRowsPerWarp];
+    CompensatedSum run_sum[kRowsPerWarp];
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      run_max[i] = -INFINITY;
-      run_sum[i] = 0.0f;
-    }
+    for (int i = 0; i < kRowsPerWarp; ++i) run_max[i] = -INFINITY;
     float acc[kRowsPerCta][kColsPerThread];
 #pragma unroll
     for (int r = 0; r < kRowsPerCta; ++r) {
@@ -245,7 +243,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
         const bool any_key = new_max != -INFINITY;
         const float prob = any_key ? expf(score - new_max) : 0.0f;
         const float alpha = any_key ? expf(run_max[i] - new_max) : 1.0f;
-        run_sum[i] = run_sum[i] * alpha + warp_sum(prob);
+        run_sum[i].scale(alpha);
+        run_sum[i].add(warp_sum(prob));
         run_max[i] = new_max;
         smem.p[lane][local_row] = prob;
         if (lane == 0) smem.alpha[local_row] = alpha;
@@ -277,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm)
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
         smem.row_max[warp + kWarps * i] = run_max[i];
-        smem.row_sum[warp + kWarps * i] = run_sum[i];
+        smem.row_sum[warp + kWarps * i] = run_sum[i].value();
       }
     }
     __syncthreads();

@@ -14,6 +14,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "kernels/common/compensated_sum.cuh"
 #include "kernels/sm90/sm90_kernel_traits.h"
 
 namespace flashmla::sm90 {
@@ -44,7 +45,7 @@ struct SoftmaxExchangeStorage {
 
 struct OnlineSoftmax {
   float row_max[kRowsPerThread];  // raw (unscaled) score max; -inf before any kept key
-  float row_sum[kRowsPerThread];  // this thread's share of sum(exp2(...)); quad-reduced at the end
+  CompensatedSum row_sum[kRowsPerThread];  // this thread's share of sum(exp2(...)); quad-reduced at the end
   int key_limit[kRowsPerThread];  // keys [0, key_limit) are visible to the row
 
   // `rows` are the thread's two packed query rows of the tile (absolute within the kv head).
@@ -52,7 +53,7 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) {
       row_max[h] = -INFINITY;
-      row_sum[h] = 0.f;
+      row_sum[h] = CompensatedSum{};
       int limit = seqlen;
       if (causal) {
         const int causal_limit = seqlen - s_q + rows[h] / q_heads_per_kv_head + 1;
@@ -88,15 +89,19 @@ struct OnlineSoftmax {
       rescale[h] = exp2f((row_max[h] - safe_max) * scale_log2);
       row_max[h] = new_max;
       neg_max_scaled[h] = -safe_max * scale_log2;
-      row_sum[h] *= rescale[h];
+      row_sum[h].scale(rescale[h]);
     }
+    // The tile's weights are summed apart, then added to the running sum once per tile.
+    float tile_sum[kRowsPerThread] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) {
       const int h = accum_row_half(i);
       const float p = exp2f(fmaf(tSrS(i), scale_log2, neg_max_scaled[h]));
       tSrS(i) = p;
-      row_sum[h] += p;
+      tile_sum[h] += p;
     }
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) row_sum[h].add(tile_sum[h]);
   }
 
   // 1 / row sum (0 for a row that saw no key) and the natural-log lse of each row; a row with no
@@ -106,7 +111,7 @@ struct OnlineSoftmax {
     constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) {
-      const float sum = quad_sum(row_sum[h]);
+      const float sum = quad_sum(row_sum[h].value());
       const bool empty = !(sum > 0.f);
       inv_sum[h] = empty ? 0.f : 1.f / sum;
       lse[h] = empty ? empty_lse : (row_max[h] * scale_log2 + log2f(sum)) * kLn2;
