@@ -49,6 +49,17 @@ if [[ "${PROFILE_DETAIL:-0}" == 1 ]]; then
     "$BENCH" ${shapes[0]} --iters 1 --warmup-ms 0 >"$LOG/ncu_detail.txt" 2>&1
   echo "== ncu detail of the main kernel (${shapes[0]}): $LOG/ncu_detail.txt"
   grep -E "Stall|Warp Cycles|Issued|Duration|Registers|Eligible|L2 Hit|Mem Busy" "$LOG/ncu_detail.txt" | head -40
+  # Where the warps wait, per SASS instruction, for the first shape and for a compute row.
+  for shape in "${shapes[0]}" "--batch 128 --s-k 8192"; do
+    name=$(echo "$shape" | tr -d '-' | tr ' ' '_')
+    # shellcheck disable=SC2086
+    ncu --clock-control none -k regex:sm90_decode -c 1 --section WarpStateStats --section SourceCounters \
+      --import-source yes -f -o "$LOG/sass_$name" "$BENCH" $shape --iters 1 --warmup-ms 0 \
+      >"$LOG/sass_$name.log" 2>&1
+    ncu -i "$LOG/sass_$name.ncu-rep" --page source --csv --print-source sass >"$LOG/sass_$name.csv" 2>&1
+    echo "== SASS stall hot spots ($shape)"
+    python3 "$(dirname "$0")/sass_hotspots.py" "$LOG/sass_$name.csv" 40
+  done
   echo "== split count sweep (median µs of flashmla_bench)"
   for s_k in 1024 8192 65536; do
     for parts in 8 16 33 66; do
