@@ -3,12 +3,12 @@
 # the Python tests, and the benchmark grid. Meant for an offline GPU machine: FLASHMLA_DEPS_DIR may
 # hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
-# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build ctest pytest bench sanitize"; "profile" adds
+# ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build smoke ctest pytest bench sanitize"; "profile" adds
 # Nsight Compute per-kernel times of the latency rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
-STEPS=${FLASHMLA_GPU_STEPS:-build ctest pytest bench sanitize}
+STEPS=${FLASHMLA_GPU_STEPS:-build smoke ctest pytest bench sanitize}
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 mkdir -p "$LOG"
 export FLASHMLA_SKIP_SETUP=1 PYTHONUNBUFFERED=1
@@ -38,6 +38,16 @@ if step build; then
   summary "build rc=$rc"
   python3 scripts/ptxas_report.py "$LOG/build.log" | tee "$LOG/resources.txt"
   ((rc == 0)) || { tail -50 "$LOG/build.log"; exit 1; }
+fi
+
+# A short run of the decode cases under a hard time limit, so that a kernel that deadlocks fails
+# here in two minutes instead of holding every later step.
+if step smoke; then
+  timeout 120 "$BUILD_DIR/cpp_tests/flashmla_tests" --gtest_filter='Cases/DecodeGpuTest.MatchesCpuReference/*' \
+    >"$LOG/smoke.log" 2>&1
+  rc=$?
+  summary "smoke rc=$rc: $(grep -E '^\[  (PASSED|FAILED)' "$LOG/smoke.log" | tr '\n' ' ')"
+  ((rc == 0)) || { tail -30 "$LOG/smoke.log"; exit 1; }
 fi
 
 if step ctest; then
