@@ -84,8 +84,43 @@ cudaError_t make_k_tensor_map(const DecodeParams& p, CUtensorMap* map) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// Whether a q tensor-map box holds one piece of a CTA's packed query rows in order: the rows of a
+// 64-row tile are whole query positions (g divides 64) or a run of heads of one position (64
+// divides g). Other group sizes keep the cp.async gather.
+bool q_rows_form_boxes(const DecodeParams& p) {
+  const int g = p.q_heads_per_kv_head;
+  return g > 0 && (kBlockM % g == 0 || g % kBlockM == 0);
+}
+
+// q as a 4-D tensor (column, head, query position, request); the box is (64 columns,
+// min(g, 64) heads, max(1, 64 / g) positions, 1 request).
+cudaError_t make_q_tensor_map(const DecodeParams& p, CUtensorMap* map) {
+  TensorMapEncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const int64_t row_bytes = int64_t{p.head_dim} * kElementBytes;
+  // Strides of extent-1 dimensions are never used; give them any legal value.
+  const int64_t head_bytes = p.h_q > 1 ? p.q_head_stride * kElementBytes : row_bytes;
+  const int64_t seq_bytes = p.s_q > 1 ? p.q_seq_stride * kElementBytes : head_bytes * p.h_q;
+  const int64_t batch_bytes = p.batch > 1 ? p.q_batch_stride * kElementBytes : seq_bytes * p.s_q;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.h_q),
+                              static_cast<cuuint64_t>(p.s_q), static_cast<cuuint64_t>(p.batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(head_bytes), static_cast<cuuint64_t>(seq_bytes),
+                                 static_cast<cuuint64_t>(batch_bytes)};
+  const int g = p.q_heads_per_kv_head;
+  const cuuint32_t box[4] = {kPieceCols, static_cast<cuuint32_t>(g < kBlockM ? g : kBlockM),
+                             static_cast<cuuint32_t>(g < kBlockM ? kBlockM / g : 1), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype =
+      p.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = encode(map, dtype, 4, const_cast<void*>(p.q), dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 template <class Element>
-cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, cudaStream_t stream) {
+cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtensorMap& tma_q, bool q_by_tma,
+                   cudaStream_t stream) {
   auto* kernel = &sm90::sm90_decode_kernel<Element>;
   constexpr int smem_bytes = sm90::kSharedStorageBytes<Element>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
@@ -104,7 +139,7 @@ cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, cudaStream_t
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, p, tma_k);
+  return cudaLaunchKernelEx(&config, kernel, p, tma_k, tma_q, q_by_tma);
 }
 
 }  // namespace
@@ -134,10 +169,14 @@ const char* sm90_unsupported_reason(const DecodeParams& p) {
       p.k_block_stride * kElementBytes >= kTmaMaxStrideBytes) {
     return "the SM90 kernel's TMA needs k_cache strides below 2^40 bytes";
   }
-  // Q is gathered in 16-byte chunks.
+  // Q is gathered in 16-byte chunks or loaded by TMA.
   if (!aligned_to(p.q, kTmaAlignBytes) || !stride_ok(p.batch, p.q_batch_stride, kTmaStrideElems) ||
       !stride_ok(p.s_q, p.q_seq_stride, kTmaStrideElems) || !stride_ok(p.h_q, p.q_head_stride, kTmaStrideElems)) {
     return "the SM90 kernel needs q 16-byte aligned with strides a multiple of 8 elements";
+  }
+  if (p.q_batch_stride * kElementBytes >= kTmaMaxStrideBytes || p.q_seq_stride * kElementBytes >= kTmaMaxStrideBytes ||
+      p.q_head_stride * kElementBytes >= kTmaMaxStrideBytes) {
+    return "the SM90 kernel needs q strides below 2^40 bytes";
   }
   // out is written two elements at a time.
   constexpr int64_t kPairElems = 2;
@@ -152,8 +191,15 @@ cudaError_t run_sm90_decode(const DecodeParams& p, cudaStream_t stream) {
   CUtensorMap tma_k;
   cudaError_t err = make_k_tensor_map(p, &tma_k);
   if (err != cudaSuccess) return err;
-  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, stream)
-                                     : launch<cutlass::half_t>(p, tma_k, stream);
+  // An unused q map is passed zeroed (the kernel never reads it).
+  CUtensorMap tma_q = {};
+  const bool q_by_tma = q_rows_form_boxes(p);
+  if (q_by_tma) {
+    err = make_q_tensor_map(p, &tma_q);
+    if (err != cudaSuccess) return err;
+  }
+  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, tma_q, q_by_tma, stream)
+                                     : launch<cutlass::half_t>(p, tma_k, tma_q, q_by_tma, stream);
 }
 
 }  // namespace flashmla

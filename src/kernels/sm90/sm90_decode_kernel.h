@@ -50,7 +50,8 @@ __device__ __forceinline__ void allow_dependent_grids() {
 // ---- Producer warpgroup ----------------------------------------------------------------------------
 
 template <class Element>
-__device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, SharedStorage<Element>& ss) {
+__device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const CUtensorMap* tma_q, bool q_by_tma,
+                        SharedStorage<Element>& ss) {
   const int warp = (threadIdx.x / 32) % (kThreadsPerWarpgroup / 32);
   const int lane = threadIdx.x % 32;
   const TileScheduler sched(p);
@@ -71,16 +72,22 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, SharedS
       }
     }
   } else {
+    // With TMA one thread loads Q; the gather needs all 96 loader threads.
+    if (q_by_tma && (warp != 1 || lane != 0)) return;
     const int loader_thread = threadIdx.x % kThreadsPerWarpgroup - 32;
     uint32_t q_phase = 0;
     for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
       const Visit v = sched.visit(p, req);
       if (!v.has_tiles()) continue;
       ArrivalBarrier::wait(&ss.barriers.q_empty, q_phase ^ 1);
-      load_q_tile(p, sched.m_tile, sched.kv_head, req, ss.tensors.q, loader_thread);
-      cp_async_wait_all();
-      fence_generic_to_async_proxy();
-      ArrivalBarrier::arrive(&ss.barriers.q_full);
+      if (q_by_tma) {
+        load_q_tile_tma(p, tma_q, &ss.barriers.q_full, ss.tensors.q, sched.m_tile, sched.kv_head, req);
+      } else {
+        load_q_tile(p, sched.m_tile, sched.kv_head, req, ss.tensors.q, loader_thread);
+        cp_async_wait_all();
+        fence_generic_to_async_proxy();
+        ArrivalBarrier::arrive(&ss.barriers.q_full);
+      }
       q_phase ^= 1;
     }
   }
@@ -240,7 +247,8 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
 
 template <class Element>
 __global__ void __launch_bounds__(kNumThreads, 1)
-    sm90_decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap tma_k) {
+    sm90_decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap tma_k,
+                       const __grid_constant__ CUtensorMap tma_q, bool q_by_tma) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t smem_raw[];
   const uintptr_t aligned =
@@ -249,9 +257,10 @@ __global__ void __launch_bounds__(kNumThreads, 1)
 
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kThreadsPerWarpgroup, 0);
   if (threadIdx.x == 0) {
-    init_mainloop_barriers(ss.barriers);
+    init_mainloop_barriers(ss.barriers, q_by_tma);
     cutlass::arch::fence_barrier_init();
     cute::prefetch_tma_descriptor(&tma_k);
+    if (q_by_tma) cute::prefetch_tma_descriptor(&tma_q);
   }
   __syncthreads();
   // Everything above overlaps the previous kernel's tail; nothing it wrote was read yet.
@@ -259,7 +268,7 @@ __global__ void __launch_bounds__(kNumThreads, 1)
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce(params, &tma_k, ss);
+    produce(params, &tma_k, &tma_q, q_by_tma, ss);
   } else {
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
     if (warpgroup == 1) {

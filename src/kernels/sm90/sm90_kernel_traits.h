@@ -26,9 +26,10 @@ constexpr int kElementBytes = 2;
 constexpr int kPieceBytes = kBlockN * kPieceCols * kElementBytes;  // 8 KB per TMA
 constexpr int kPieceElems = kBlockN * kPieceCols;
 constexpr int kTileElems = kBlockN * kHeadDim;
+constexpr int kQTileBytes = kBlockM * kHeadDim * kElementBytes;
 constexpr int kStages = 2;  // K tiles in flight
 
-// Thread roles: warpgroup 0 produces (warp 0 issues K TMAs, warps 1..3 gather Q), warpgroups 1
+// Thread roles: warpgroup 0 produces (warp 0 issues K TMAs, warps 1..3 load Q), warpgroups 1
 // and 2 consume. Consumer 0 computes S = QK^T and the softmax; each consumer owns half of the
 // 64 x 512 output accumulator (64 x 256 fp32 = 128 registers per thread).
 constexpr int kThreadsPerWarpgroup = 128;

@@ -3,8 +3,8 @@
 // Producer side: warp 0 of the producer warpgroup streams 64-token K tiles from the paged cache
 // with TMA (4-D tensor map: columns, token in page, kv head, cache block), nine 64-column pieces
 // per tile, each completing on its own mbarrier so S = QK^T starts when the first piece lands.
-// Warps 1..3 gather the visit's 64 query rows with cp.async (the rows of one kv head are not a
-// box in q when h_q/h_kv < 64 or s_q > 1, and Q is loaded once per visit, off the hot path).
+// Q is loaded once per visit: by TMA (warp 1, lane 0) when the visit's 64 packed rows form boxes of
+// q, else gathered by warps 1..3 with cp.async.
 // Consumer side: wgmma with both operands in shared memory; V is the K tile's first 512 columns,
 // read through an MN-major view of the same bytes.
 #pragma once
@@ -33,7 +33,8 @@ struct MainloopBarrierStorage {
   uint64_t k_full[kStages][kNumPieces];
   // Both consumers finished reading a K stage (kNumConsumerThreads arrivals).
   uint64_t k_empty[kStages];
-  // The visit's Q tile is in shared memory (kQLoaderThreads arrivals).
+  // The visit's Q tile is in shared memory: kQLoaderThreads arrivals after the cp.async gather,
+  // or 1 arrival + kQTileBytes of transactions when TMA loads it.
   uint64_t q_full;
   // Consumer 0 issued and retired the visit's last QK^T (kThreadsPerWarpgroup arrivals).
   uint64_t q_empty;
@@ -59,12 +60,12 @@ struct PipelineState {
 using TransactionBarrier = cutlass::arch::ClusterTransactionBarrier;
 using ArrivalBarrier = cutlass::arch::ClusterBarrier;
 
-__device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars) {
+__device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars, bool q_by_tma) {
   for (int s = 0; s < kStages; ++s) {
     for (int p = 0; p < kNumPieces; ++p) TransactionBarrier::init(&bars.k_full[s][p], 1);
     ArrivalBarrier::init(&bars.k_empty[s], kNumConsumerThreads);
   }
-  ArrivalBarrier::init(&bars.q_full, kQLoaderThreads);
+  ArrivalBarrier::init(&bars.q_full, q_by_tma ? 1 : kQLoaderThreads);
   ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
   ArrivalBarrier::init(&bars.p_full, kThreadsPerWarpgroup);
   ArrivalBarrier::init(&bars.p_empty, kThreadsPerWarpgroup);
@@ -88,6 +89,25 @@ __device__ inline void load_k_tile(const CUtensorMap* tma_k, uint64_t (&full)[kN
     TransactionBarrier::arrive_and_expect_tx(&full[p], kPieceBytes);
     cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[p], kEvictFirst, stage_smem + p * kPieceElems, p * kPieceCols,
                                  token_in_page, kv_head, cache_block);
+  }
+}
+
+// Loads the visit's 64 packed query rows with nine piece TMAs (called by a single thread). The q
+// tensor map is (column, head, query position, request) with a box of (64, min(g, 64),
+// max(1, 64 / g), 1), so a box is one piece of the packed rows in order whenever g divides 64 or
+// 64 divides g; positions past s_q read as zeros (the padding rows).
+template <class Element>
+__device__ inline void load_q_tile_tma(const DecodeParams& p, const CUtensorMap* tma_q, uint64_t* full,
+                                       Element* q_smem, int m_tile, int kv_head, int request) {
+  const int g = p.q_heads_per_kv_head;
+  const int first_row = m_tile * kBlockM;
+  const int head = kv_head * g + first_row % g;
+  const int s = first_row / g;
+  TransactionBarrier::arrive_and_expect_tx(full, kQTileBytes);
+#pragma unroll
+  for (int piece = 0; piece < kNumPieces; ++piece) {
+    cute::SM90_TMA_LOAD_4D::copy(tma_q, full, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST),
+                                 q_smem + piece * kPieceElems, piece * kPieceCols, head, s, request);
   }
 }
 
