@@ -18,6 +18,7 @@
 #include <nanobind/stl/string.h>
 
 #include "flashmla/flashmla.h"
+#include "decode_args.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -130,21 +131,10 @@ void decode(const InputArray& q, const InputArray& k_cache, const InputArray& bl
       metadata_view(tile_scheduler_metadata), splits_view(num_splits), out_view(out),
       lse_view(lse);
 
-  flashmla_decode_args args;
-  flashmla_decode_args_init(&args);
-  args.q = q_view.get();
-  args.k_cache = k_view.get();
-  args.block_table = table_view.get();
-  args.cache_seqlens = seqlens_view.get();
-  args.tile_scheduler_metadata = metadata_view.get();
-  args.num_splits = splits_view.get();
-  args.out = out_view.get();
-  args.lse = lse_view.get();
-  args.head_dim_v = head_dim_v;
-  args.softmax_scale = softmax_scale;
-  args.causal = causal ? 1 : 0;
-  args.backend = static_cast<flashmla_backend_t>(backend);
-  args.validate = validate ? 1 : 0;
+  flashmla_decode_args args = flashmla_python::make_decode_args(
+      {q_view.get(), k_view.get(), table_view.get(), seqlens_view.get(), metadata_view.get(), splits_view.get(),
+       out_view.get(), lse_view.get()},
+      head_dim_v, softmax_scale, causal, backend, validate);
   if (workspace.has_value() && workspace->nbytes() > 0) {
     check_workspace(*workspace, q);
     // nanobind 2.x returns const data from a const array; the memory itself is writable.

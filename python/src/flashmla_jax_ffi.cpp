@@ -13,6 +13,7 @@
 #include <nanobind/nanobind.h>
 
 #include "flashmla/flashmla.h"
+#include "decode_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -108,21 +109,10 @@ ffi::Error decode(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::An
       seqlens_view(cache_seqlens, device), metadata_view(tile_scheduler_metadata, device),
       splits_view(num_splits, device), out_view(*out, device), lse_view(*lse, device);
 
-  flashmla_decode_args args;
-  flashmla_decode_args_init(&args);
-  args.q = q_view.get();
-  args.k_cache = k_view.get();
-  args.block_table = table_view.get();
-  args.cache_seqlens = seqlens_view.get();
-  args.tile_scheduler_metadata = metadata_view.get();
-  args.num_splits = splits_view.get();
-  args.out = out_view.get();
-  args.lse = lse_view.get();
-  args.head_dim_v = head_dim_v;
-  args.softmax_scale = softmax_scale;
-  args.causal = causal;
-  args.backend = static_cast<flashmla_backend_t>(backend);
-  args.validate = validate;
+  flashmla_decode_args args = flashmla_python::make_decode_args(
+      {q_view.get(), k_view.get(), table_view.get(), seqlens_view.get(), metadata_view.get(), splits_view.get(),
+       out_view.get(), lse_view.get()},
+      head_dim_v, softmax_scale, causal != 0, backend, validate != 0);
 
   const auto start = reinterpret_cast<uintptr_t>(workspace->untyped_data());
   const size_t size = workspace->size_bytes();
