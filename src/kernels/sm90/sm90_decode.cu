@@ -59,12 +59,25 @@ TensorMapEncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
+// A 4-D tensor map of the input dtype over `base` whose boxes are 64-column pieces: 128-byte rows,
+// swizzled as the wgmma layouts expect.
+cudaError_t encode_piece_map(const DecodeParams& p, const void* base, const cuuint64_t (&dims)[4],
+                             const cuuint64_t (&strides)[3], const cuuint32_t (&box)[4], CUtensorMap* map) {
+  TensorMapEncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype =
+      p.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = encode(map, dtype, 4, const_cast<void*>(base), dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // k_cache as a 4-D tensor (column, token in page, kv head, cache block): one box is a 64-column
 // x 64-token piece of one page of one kv head. Each dimension gets its own int32 coordinate, so
 // caches beyond 2^31 elements address correctly.
 cudaError_t make_k_tensor_map(const DecodeParams& p, CUtensorMap* map) {
-  TensorMapEncodeTiledFn encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const int64_t token_bytes = p.k_token_stride * kElementBytes;
   // Strides of extent-1 dimensions are never used; give them any legal value.
   const int64_t head_bytes = p.h_kv > 1 ? p.k_head_stride * kElementBytes : int64_t{p.head_dim} * kElementBytes;
@@ -75,13 +88,7 @@ cudaError_t make_k_tensor_map(const DecodeParams& p, CUtensorMap* map) {
   const cuuint64_t strides[3] = {static_cast<cuuint64_t>(token_bytes), static_cast<cuuint64_t>(head_bytes),
                                  static_cast<cuuint64_t>(block_bytes)};
   const cuuint32_t box[4] = {kPieceCols, kBlockN, 1, 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType dtype =
-      p.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = encode(map, dtype, 4, const_cast<void*>(p.k), dims, strides, box, element_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_piece_map(p, p.k, dims, strides, box, map);
 }
 
 // Whether a q tensor-map box holds one piece of a CTA's packed query rows in order: the rows of a
@@ -95,8 +102,6 @@ bool q_rows_form_boxes(const DecodeParams& p) {
 // q as a 4-D tensor (column, head, query position, request); the box is (64 columns,
 // min(g, 64) heads, max(1, 64 / g) positions, 1 request).
 cudaError_t make_q_tensor_map(const DecodeParams& p, CUtensorMap* map) {
-  TensorMapEncodeTiledFn encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const int64_t row_bytes = int64_t{p.head_dim} * kElementBytes;
   // Strides of extent-1 dimensions are never used; give them any legal value.
   const int64_t head_bytes = p.h_q > 1 ? p.q_head_stride * kElementBytes : row_bytes;
@@ -109,13 +114,7 @@ cudaError_t make_q_tensor_map(const DecodeParams& p, CUtensorMap* map) {
   const int g = p.q_heads_per_kv_head;
   const cuuint32_t box[4] = {kPieceCols, static_cast<cuuint32_t>(g < kBlockM ? g : kBlockM),
                              static_cast<cuuint32_t>(g < kBlockM ? kBlockM / g : 1), 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType dtype =
-      p.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = encode(map, dtype, 4, const_cast<void*>(p.q), dims, strides, box, element_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_piece_map(p, p.q, dims, strides, box, map);
 }
 
 template <class Element>
