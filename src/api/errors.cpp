@@ -20,6 +20,10 @@ flashmla_status_t succeed() {
 }
 
 flashmla_status_t cuda_failure(cudaError_t error, const char* what) {
+  // The error is reported here. A non-sticky one (a launch refused for its resources, say) also
+  // stays in the runtime's last-error slot, where the next cudaGetLastError() of the caller or of
+  // this library (after the metadata kernel's launch, for one) would report it again as its own.
+  cudaGetLastError();
   return fail(FLASHMLA_STATUS_CUDA_ERROR, std::string(what) + ": " + cudaGetErrorName(error) +
                                               " (" + cudaGetErrorString(error) + ")");
 }
