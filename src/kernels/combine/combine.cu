@@ -3,13 +3,15 @@
 //   lse_max = max_i lse_i,  w_i = exp(lse_i - lse_max),
 //   out = sum_i w_i o_i / sum_i w_i,  lse = lse_max + log(sum_i w_i).
 // Pieces whose lse is -inf saw no key (their o is loaded but not used); a row whose pieces all saw no key
-// gets out = 0, lse = +inf. Every thread adds the pieces of its columns in slot order, so the
-// result is bitwise reproducible.
+// gets out = 0, lse = +inf. The slots of a row are dealt to kSlotGroups groups of threads in
+// batches of kSlotUnroll; each thread adds its batches in slot order, and the groups' sums are then
+// added in group order, so the result is bitwise reproducible.
 //
 // Grid: (request, kv head, group of rows_per_cta packed rows); CTAs of unsplit requests exit at
 // once. For a small batch each CTA takes one row, so that a single long request split into ~one
 // piece per SM is merged by ~one CTA per row rather than by a few CTAs walking rows in turn; the
-// slot loop is unrolled so each thread keeps several partial rows in flight.
+// slot loop is unrolled and split across slot groups so that a row's partials are requested in a
+// few rounds rather than one dependent round per batch.
 #include "kernels/combine/combine.h"
 
 #include <cuda_bf16.h>
@@ -27,11 +29,16 @@ namespace {
 
 constexpr int kHeadDimV = FLASHMLA_HEAD_DIM_V;
 constexpr int kColsPerThread = 4;  // one float4 of a partial row
-constexpr int kThreads = kHeadDimV / kColsPerThread;
-static_assert(kThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
-constexpr int kWarps = kThreads / 32;
+constexpr int kColumnThreads = kHeadDimV / kColsPerThread;
+static_assert(kColumnThreads * kColsPerThread == kHeadDimV, "threads must tile the V columns exactly");
 // Partial rows each thread loads before using any of them.
 constexpr int kSlotUnroll = 8;
+// Groups of kColumnThreads threads that take turns over a row's slot batches: a request split
+// into ~one piece per SM has ~66 slots, which one group would fetch in 9 dependent rounds. Only
+// small grids get them: a 4-group CTA fits about twice per SM (registers), so a grid of ~1000 CTAs
+// (a large batch, few slots per row, where the groups would idle) would need four waves.
+constexpr int kManySlotGroups = 4;
+constexpr int kMaxCtasWithSlotGroups = 256;
 // Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
 // several times, without paying a CTA launch per row on large batches.
 constexpr int64_t kTargetCtas = 1024;
@@ -42,6 +49,7 @@ constexpr int kMaxGridYZ = 65535;
 constexpr int kMinArchWithDependencyWait = 90;
 
 // The largest lse of a row's pieces; every thread of the CTA gets it.
+template <int kThreads>
 __device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t slot_end, int kv_head,
                              int row, float* warp_partials) {
   float m = -INFINITY;
@@ -54,20 +62,25 @@ __device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t 
   __syncthreads();
   float result = warp_partials[0];
 #pragma unroll
-  for (int w = 1; w < kWarps; ++w) result = fmaxf(result, warp_partials[w]);
+  for (int w = 1; w < kThreads / 32; ++w) result = fmaxf(result, warp_partials[w]);
   // warp_partials is rewritten for the next row only after every thread has read it.
   __syncthreads();
   return result;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p, int rows_per_cta) {
+template <typename T, int kSlotGroups>
+__global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
+    combine_kernel(const DecodeParams p, int rows_per_cta) {
+  constexpr int kThreads = kColumnThreads * kSlotGroups;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // kMinArchWithDependencyWait
   // Launched programmatically: wait until the main kernel's partials (and everything before it)
   // are visible. Without the launch attribute this returns at once.
   cudaGridDependencySynchronize();
 #endif
-  __shared__ float warp_partials[kWarps];
+  __shared__ float warp_partials[kThreads / 32];
+  // Per-group sums of a row (unused with one group).
+  __shared__ float4 group_o[kSlotGroups][kColumnThreads];
+  __shared__ float group_weight[kSlotGroups];
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int row_begin = blockIdx.z * rows_per_cta;
@@ -75,15 +88,18 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p,
   const int64_t slot_end = p.num_splits[req + 1];
   if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
 
-  const int col0 = threadIdx.x * kColsPerThread;
+  const int column_thread = threadIdx.x % kColumnThreads;
+  const int group = threadIdx.x / kColumnThreads;
+  const int col0 = column_thread * kColsPerThread;
   const int row_end = min(row_begin + rows_per_cta, p.q_rows_per_kv_head);
   for (int row = row_begin; row < row_end; ++row) {
-    const float lse_max = row_lse_max(p, slot_begin, slot_end, kv_head, row, warp_partials);
+    const float lse_max = row_lse_max<kThreads>(p, slot_begin, slot_end, kv_head, row, warp_partials);
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float weight_sum = 0.0f;
     float lse = INFINITY;
     if (lse_max != -INFINITY) {
-      float weight_sum = 0.0f;
-      for (int64_t base = slot_begin; base < slot_end; base += kSlotUnroll) {
+      for (int64_t base = slot_begin + group * kSlotUnroll; base < slot_end;
+           base += kSlotGroups * kSlotUnroll) {
         // All loads of a batch first, then the sums: kSlotUnroll partial rows in flight per
         // thread. Slots past the end read as pieces that saw no key.
         float piece_lse[kSlotUnroll];
@@ -111,6 +127,32 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeParams p,
           weight_sum += w;
         }
       }
+      if constexpr (kSlotGroups > 1) {
+        group_o[group][column_thread] = o;
+        if (column_thread == 0) group_weight[group] = weight_sum;
+      }
+    }
+    if constexpr (kSlotGroups > 1) {
+      // Every thread reaches these barriers: lse_max is the same for the whole CTA.
+      __syncthreads();
+      if (lse_max != -INFINITY) {
+        o = group_o[0][column_thread];
+        weight_sum = group_weight[0];
+#pragma unroll
+        for (int g = 1; g < kSlotGroups; ++g) {
+          const float4 other = group_o[g][column_thread];
+          o.x += other.x;
+          o.y += other.y;
+          o.z += other.z;
+          o.w += other.w;
+          weight_sum += group_weight[g];
+        }
+      }
+      // group_o is rewritten for the next row only after every group has read it.
+      __syncthreads();
+      if (group != 0) continue;
+    }
+    if (lse_max != -INFINITY) {
       // The largest piece has weight 1, so weight_sum >= 1.
       const float inv = 1.0f / weight_sum;
       o.x *= inv;
@@ -143,25 +185,22 @@ int rows_per_cta_for(const DecodeParams& params) {
   return static_cast<int>(std::clamp<int64_t>(rows / kTargetCtas, 1, kMaxRowsPerCta));
 }
 
-template <typename T>
-cudaError_t launch(const DecodeParams& params, cudaStream_t stream,
-                   bool programmatic_dependent_launch) {
-  const int rows_per_cta = rows_per_cta_for(params);
-  const int row_groups = (params.q_rows_per_kv_head + rows_per_cta - 1) / rows_per_cta;
-  if (params.h_kv > kMaxGridYZ || row_groups > kMaxGridYZ) return cudaErrorInvalidConfiguration;
-
+template <typename T, int kSlotGroups>
+cudaError_t launch_with(const DecodeParams& params, cudaStream_t stream, bool programmatic_dependent_launch,
+                        dim3 grid, int rows_per_cta) {
+  const auto kernel = combine_kernel<T, kSlotGroups>;
   // The dependency wait exists only in code built for sm_90+; code JIT-compiled from older PTX
   // would read the partials unsynchronised, so it is launched in plain stream order instead.
   if (programmatic_dependent_launch) {
     cudaFuncAttributes attributes;
-    const cudaError_t err = cudaFuncGetAttributes(&attributes, combine_kernel<T>);
+    const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
     if (err != cudaSuccess) return err;
     if (attributes.ptxVersion < kMinArchWithDependencyWait) programmatic_dependent_launch = false;
   }
 
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(params.batch, params.h_kv, row_groups);
-  config.blockDim = dim3(kThreads);
+  config.gridDim = grid;
+  config.blockDim = dim3(kColumnThreads * kSlotGroups);
   config.dynamicSmemBytes = 0;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
@@ -169,7 +208,19 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream,
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
   config.numAttrs = programmatic_dependent_launch ? 1 : 0;
-  return cudaLaunchKernelEx(&config, combine_kernel<T>, params, rows_per_cta);
+  return cudaLaunchKernelEx(&config, kernel, params, rows_per_cta);
+}
+
+template <typename T>
+cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool programmatic_dependent_launch) {
+  const int rows_per_cta = rows_per_cta_for(params);
+  const int row_groups = (params.q_rows_per_kv_head + rows_per_cta - 1) / rows_per_cta;
+  if (params.h_kv > kMaxGridYZ || row_groups > kMaxGridYZ) return cudaErrorInvalidConfiguration;
+  const dim3 grid(params.batch, params.h_kv, row_groups);
+  if (static_cast<int64_t>(grid.x) * grid.y * grid.z <= kMaxCtasWithSlotGroups) {
+    return launch_with<T, kManySlotGroups>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
+  }
+  return launch_with<T, 1>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
 }
 
 }  // namespace
