@@ -43,6 +43,8 @@
 #include <thread>
 #include <vector>
 
+#include "l2_flush.h"
+
 namespace {
 
 // ---- constants --------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ struct Options {
   uint64_t seed = 0;
   bool check = false;
   int64_t sm_parts = 0;  // 0: flashmla_get_num_sm_parts
+  flashmla_bench::FlushMode flush = flashmla_bench::FlushMode::kWrite;
 };
 
 const char* kUsage = R"(usage: flashmla_bench [options]
@@ -143,6 +146,9 @@ Run:
   --backend auto|reference|sm90   kernel to time (auto)
   --iters N            timed runs; the median is reported (30)
   --warmup-ms MS       milliseconds of decode replays before timing each row (1000)
+  --flush write|read   how L2 is cleared before each timed run: memset a buffer of twice the
+                         L2 size, leaving dirty lines that the timed run writes back (write,
+                         the default), or read through one, leaving only clean lines
   --grid FILE          run every row of FILE instead of the single shape; one row per line:
                          case b s_q h_q s_k varlen causal flashmla_us   ('#' starts a comment;
                          varlen/causal: yes|no; flashmla_us: FlashMLA's time, or '-')
@@ -244,6 +250,14 @@ std::optional<Options> parse_args(int argc, char** argv) {
         o.dtype = ElemType::kFloat16;
       else
         fail("--dtype: expected bf16|fp16, got '" + v + "'");
+    } else if (flag == "--flush") {
+      const std::string v = next();
+      if (v == "write")
+        o.flush = flashmla_bench::FlushMode::kWrite;
+      else if (v == "read")
+        o.flush = flashmla_bench::FlushMode::kRead;
+      else
+        fail("--flush: expected write|read, got '" + v + "'");
     } else if (flag == "--backend") {
       const std::string v = next();
       if (v == "auto")
@@ -839,11 +853,17 @@ RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const
   } while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - warm_start)
                .count() < o.warmup_ms);
 
+  const DeviceBuffer sink(sizeof(uint32_t));
   std::vector<Event> starts(static_cast<size_t>(o.iters));
   std::vector<Event> stops(static_cast<size_t>(o.iters));
   for (int i = 0; i < o.iters; ++i) {
-    // A different byte each time so no run finds the flush buffer's lines already in L2 state.
-    CUDA_CHECK(cudaMemsetAsync(flush.get(), i & 0xFF, flush.bytes(), stream.s));
+    if (o.flush == flashmla_bench::FlushMode::kWrite) {
+      // A different byte each time so no run finds the flush buffer's lines already in L2 state.
+      CUDA_CHECK(cudaMemsetAsync(flush.get(), i & 0xFF, flush.bytes(), stream.s));
+    } else {
+      CUDA_CHECK(flashmla_bench::read_through(flush.get(), flush.bytes(), static_cast<uint32_t*>(sink.get()),
+                                                stream.s));
+    }
     CUDA_CHECK(cudaEventRecord(starts[static_cast<size_t>(i)].e, stream.s));
     CUDA_CHECK(cudaGraphLaunch(g.exec, stream.s));
     CUDA_CHECK(cudaEventRecord(stops[static_cast<size_t>(i)].e, stream.s));
@@ -883,6 +903,11 @@ const char* backend_name(flashmla_backend_t b) {
       return "auto";
   }
 }
+
+const char* flush_name(flashmla_bench::FlushMode m) {
+  return m == flashmla_bench::FlushMode::kRead ? "read" : "write";
+}
+
 const char* dtype_name(ElemType t) { return t == ElemType::kBFloat16 ? "bf16" : "fp16"; }
 const char* yes_no(bool v) { return v ? "yes" : "no"; }
 
@@ -963,6 +988,7 @@ void write_json(const std::string& path, const std::vector<RowResult>& rows, con
         << ", \"page_block_size\": " << o.page_block_size
         << ", \"backend\": " << json_string(backend_name(o.backend))
         << ", \"num_sm_parts\": " << r.num_sm_parts << ", \"iters\": " << o.iters
+        << ", \"flush\": " << json_string(flush_name(o.flush))
         << ", \"median_us\": " << json_number(r.median_us)
         << ", \"min_us\": " << json_number(r.min_us) << ", \"tflops\": " << json_number(r.tflops)
         << ", \"gbps\": " << json_number(r.gbps)
@@ -1009,10 +1035,10 @@ int run(int argc, char** argv) {
       static_cast<double>(dev.memory_bytes) / (1 << 30), dev.max_sm_clock_mhz,
       clock_text(nvml.sm_clock_mhz()).c_str());
   std::printf(
-      "dtype %s, page %lld, backend %s, median of %d CUDA-graph replays, L2 flushed before "
+      "dtype %s, page %lld, backend %s, median of %d CUDA-graph replays, L2 flushed (%s) before "
       "each, %.0f ms warm-up per row\n",
       dtype_name(o.dtype), static_cast<long long>(o.page_block_size), backend_name(o.backend),
-      o.iters, o.warmup_ms);
+      o.iters, flush_name(o.flush), o.warmup_ms);
   print_header();
 
   const DeviceBuffer flush(static_cast<size_t>(kL2FlushFactor) * std::max<size_t>(dev.l2_bytes, 1));

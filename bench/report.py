@@ -79,7 +79,8 @@ def markdown(rows, source: str) -> str:
         describe_device(rows),
         f"dtype {first.get('dtype', '?')}, h_kv {first.get('h_kv', '?')}, page "
         f"{first.get('page_block_size', '?')}, backend {first.get('backend', '?')}; median of "
-        f"{first.get('iters', '?')} CUDA-graph replays, L2 flushed before each. TFLOP/s and GB/s "
+        f"{first.get('iters', '?')} CUDA-graph replays, L2 flushed before each"
+        f"{' (read through, no dirty lines)' if first.get('flush') == 'read' else ''}. TFLOP/s and GB/s "
         "use the mean drawn length (mla-decode.md §2); causal rows are charged full FLOPs. "
         "FlashMLA/ours > 1 means we are faster.",
         "",

@@ -34,11 +34,14 @@ static_assert(kColumnThreads * kColsPerThread == kHeadDimV, "threads must tile t
 // Partial rows each thread loads before using any of them.
 constexpr int kSlotUnroll = 8;
 // Groups of kColumnThreads threads that take turns over a row's slot batches: a request split
-// into ~one piece per SM has ~66 slots, which one group would fetch in 9 dependent rounds. Only
-// small grids get them: a 4-group CTA fits about twice per SM (registers), so a grid of ~1000 CTAs
-// (a large batch, few slots per row, where the groups would idle) would need four waves.
+// into ~one piece per SM has ~66 slots, which one group would fetch in 9 dependent rounds. The
+// launch takes the most groups that keep the grid in one wave: at ~56 registers a 1024-thread
+// (8-group) CTA fits once per SM and a 512-thread one twice; larger grids (large batches, few
+// slots per row, where the groups would idle) keep one group per CTA.
+constexpr int kMostSlotGroups = 8;
 constexpr int kManySlotGroups = 4;
-constexpr int kMaxCtasWithSlotGroups = 256;
+constexpr int kCtasPerSmWithMostGroups = 1;
+constexpr int kCtasPerSmWithManyGroups = 2;
 // Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
 // several times, without paying a CTA launch per row on large batches.
 constexpr int64_t kTargetCtas = 1024;
@@ -217,7 +220,14 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool program
   const int row_groups = (params.q_rows_per_kv_head + rows_per_cta - 1) / rows_per_cta;
   if (params.h_kv > kMaxGridYZ || row_groups > kMaxGridYZ) return cudaErrorInvalidConfiguration;
   const dim3 grid(params.batch, params.h_kv, row_groups);
-  if (static_cast<int64_t>(grid.x) * grid.y * grid.z <= kMaxCtasWithSlotGroups) {
+  int sm_count = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, params.device);
+  if (err != cudaSuccess) return err;
+  const int64_t ctas = static_cast<int64_t>(grid.x) * grid.y * grid.z;
+  if (ctas <= int64_t{kCtasPerSmWithMostGroups} * sm_count) {
+    return launch_with<T, kMostSlotGroups>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
+  }
+  if (ctas <= int64_t{kCtasPerSmWithManyGroups} * sm_count) {
     return launch_with<T, kManySlotGroups>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
   }
   return launch_with<T, 1>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
