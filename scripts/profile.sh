@@ -13,7 +13,7 @@ mkdir -p "$LOG"
 BENCH="$BUILD_DIR/bench/flashmla_bench"
 # Profile only the decode's own kernels, a few launches each.
 KERNELS='regex:sm90_decode|combine|reference_decode'
-METRICS=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
+METRICS=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
 
 shapes=("$@")
 if ((${#shapes[@]} == 0)); then
@@ -36,7 +36,8 @@ head = rows[0]; col = {n: i for i, n in enumerate(head)}
 for r in rows[1:]:
     if r[col["Metric Name"]] in ("gpu__time_duration.sum", "launch__grid_size",
                                  "sm__throughput.avg.pct_of_peak_sustained_elapsed",
-                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed"):
+                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+                                 "lts__throughput.avg.pct_of_peak_sustained_elapsed"):
         print(f"  {r[col['ID']]:>3} {r[col['Kernel Name']][:60]:60} {r[col['Metric Name']]:52} "
               f"{r[col['Metric Value']]} {r[col['Metric Unit']]}")
 PY
