@@ -35,7 +35,7 @@ static_assert(kColumnThreads * kColsPerThread == kHeadDimV, "threads must tile t
 constexpr int kSlotUnroll = 8;
 // Groups of kColumnThreads threads that take turns over a row's slot batches: a request split
 // into ~one piece per SM has ~66 slots, which one group would fetch in 9 dependent rounds. The
-// launch takes the most groups that keep the grid in one wave: at ~56 registers a 1024-thread
+// launch takes the most groups that keep the grid in one wave: at ~58 registers a 1024-thread
 // (8-group) CTA fits once per SM and a 512-thread one twice; larger grids (large batches, few
 // slots per row, where the groups would idle) keep one group per CTA.
 constexpr int kMostSlotGroups = 8;
