@@ -167,8 +167,10 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       __syncwarp();
       NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
 
+      if (warp_needs_rescale(rescale)) {
 #pragma unroll
-      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+      }
       gemm_pv<Traits>(p_smem, stage_smem, tOrO, tid);
       ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
       k_state.advance();
@@ -225,8 +227,10 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       for (int piece = kVPiecesPerConsumer; piece < kNumVPieces; ++piece) {
         ArrivalBarrier::wait(&ss.barriers.k_full[k_state.stage][piece], k_state.phase);
       }
+      if (warp_needs_rescale(rescale)) {
 #pragma unroll
-      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+      }
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
       ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
       ArrivalBarrier::arrive(&ss.barriers.p_empty);

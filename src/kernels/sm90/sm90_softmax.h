@@ -43,6 +43,22 @@ struct SoftmaxExchangeStorage {
   float row_factor[kBlockM];
 };
 
+// The reference max of a row moves only when a tile's max exceeds it by more than 2^8 in exp2
+// terms. Until then P = exp2((s - max) * scale_log2) stays below 256, well inside the range of
+// 16-bit P and of the fp32 sums, and the tile leaves the output accumulators unscaled: that skips
+// 128 multiplies per thread in each consumer on most tiles once a row's max has settled. The
+// result is the same softmax; only the common factor that the sums carry changes.
+constexpr float kStaleMaxSlackLog2 = 8.f;
+
+// True when some row of the calling warp must rescale its output accumulators this tile. The vote
+// keeps the skip warp-uniform (the rows of a warp share its wgmma).
+__device__ __forceinline__ bool warp_needs_rescale(const float (&rescale)[kRowsPerThread]) {
+  bool needs = false;
+#pragma unroll
+  for (int h = 0; h < kRowsPerThread; ++h) needs |= rescale[h] != 1.f;
+  return __any_sync(0xffffffffu, needs);
+}
+
 struct OnlineSoftmax {
   float row_max[kRowsPerThread];  // raw (unscaled) score max; -inf before any kept key
   CompensatedSum row_sum[kRowsPerThread];  // this thread's share of sum(exp2(...)); quad-reduced at the end
@@ -83,13 +99,18 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) {
       const float new_max = quad_max(tile_max[h]);
+      // -inf - -inf is NaN, so a row that still has no key compares false and stays at -inf;
+      // the first finite max always moves (inf > slack).
+      const bool moves = (new_max - row_max[h]) * scale_log2 > kStaleMaxSlackLog2;
+      rescale[h] = moves ? exp2f((row_max[h] - new_max) * scale_log2) : 1.f;
+      if (moves) {
+        row_max[h] = new_max;
+        row_sum[h].scale(rescale[h]);
+      }
       // A row with no kept key so far keeps max -inf; subtract 0 instead so that exp2 sees -inf
       // (giving 0) rather than -inf - -inf = NaN.
-      const float safe_max = new_max == -INFINITY ? 0.f : new_max;
-      rescale[h] = exp2f((row_max[h] - safe_max) * scale_log2);
-      row_max[h] = new_max;
+      const float safe_max = row_max[h] == -INFINITY ? 0.f : row_max[h];
       neg_max_scaled[h] = -safe_max * scale_log2;
-      row_sum[h].scale(rescale[h]);
     }
     // The tile's weights are summed apart, then added to the running sum once per tile.
     float tile_sum[kRowsPerThread] = {0.f, 0.f};
