@@ -29,9 +29,17 @@ def yes_no(value) -> str:
     return "yes" if value else "no"
 
 
+# FlashMLA's figures in the grid were measured on this GPU model; a run on any other gets no ratio.
+FLASHMLA_FIGURES_GPU = "H100"
+
+
+def comparable_with_flashmla(row) -> bool:
+    return FLASHMLA_FIGURES_GPU in str(row.get("device", ""))
+
+
 def ratio(row) -> float | None:
     ours, theirs = row.get("median_us"), row.get("flashmla_us")
-    if not ours or theirs is None:
+    if not ours or theirs is None or not comparable_with_flashmla(row):
         return None
     return theirs / ours
 
@@ -83,6 +91,11 @@ def markdown(rows, source: str) -> str:
         f"{' (read through, no dirty lines)' if first.get('flush') == 'read' else ''}. TFLOP/s and GB/s "
         "use the mean drawn length (mla-decode.md §2); causal rows are charged full FLOPs. "
         "FlashMLA/ours > 1 means we are faster.",
+    ]
+    if not all(comparable_with_flashmla(row) for row in rows):
+        lines.append(f"FlashMLA's times are {FLASHMLA_FIGURES_GPU} figures: no ratio is given for rows "
+                     "measured on another GPU.")
+    lines += [
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -126,7 +139,8 @@ def plot(rows, path: Path, title: str) -> bool:
         return False
     points = [(row_label(r), ratio(r)) for r in rows if ratio(r) is not None]
     if not points:
-        print("report.py: no row has a FlashMLA time; no plot written", file=sys.stderr)
+        print(f"report.py: no row has a FlashMLA time measured on the same GPU model "
+              f"({FLASHMLA_FIGURES_GPU}); no plot written", file=sys.stderr)
         return False
     labels = [label for label, _ in points]
     speedups = [s for _, s in points]

@@ -199,6 +199,43 @@ def test_explicit_softmax_scale(torch_cuda, backend):
     check_decode(to_numpy(out), to_numpy(lse), ref_out.cpu().numpy(), ref_lse.cpu().numpy(), "scale")
 
 
+# Scores that climb along each sequence by ~1.5 exp2 units per 64-token tile, so that the kernel's
+# stale row max (slack 8 exp2 units) moves every few tiles and P approaches 256 on the tiles in
+# between, plus one key halfway that jumps ~12 exp2 units above its neighbours; the last tiles
+# still outscore it, so the output depends on every regime.
+RAMP_SHARED_Q = 0.25  # weight of the shared direction u in every q row
+RAMP_TOP = 3.0        # weight of u in the last token's key; the first token's is 0
+RAMP_JUMP = 1.4       # extra weight of u in the halfway key (x 0.25 x 576 / 24 x log2(e) = 12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+def test_rising_scores_move_the_row_max(torch_cuda, dtype, backend):
+    torch = torch_cuda
+    case = DecodeCase(3, 2, 1031, 128, 1, True, True, dtype, seed=13)
+    i = make_torch_inputs(torch, case)
+    u = torch.ones(576, device="cuda")
+    u[1::2] = -1.0
+    weight = torch.zeros(i.k_cache.shape[:2], device="cuda")
+    page = i.k_cache.shape[1]
+    for r, length in enumerate(i.lengths):
+        if length == 0:
+            continue
+        tokens = torch.arange(length, device="cuda")
+        ramp = RAMP_TOP * tokens / max(length - 1, 1)
+        ramp[length // 2] += RAMP_JUMP
+        blocks = i.block_table[r, tokens // page].long()
+        weight[blocks, tokens % page] = ramp
+    k_cache = (i.k_cache.float() + weight[:, :, None, None] * u).to(i.k_cache.dtype)
+    q = (i.q.float() + RAMP_SHARED_Q * u).to(i.q.dtype)
+
+    metadata, num_splits = flashmla.get_mla_metadata(i.cache_seqlens, case.rows_per_kv_head, case.h_kv)
+    out, lse = flashmla.flash_mla_with_kvcache(q, k_cache, i.block_table, i.cache_seqlens, HEAD_DIM_V,
+                                               metadata, num_splits, causal=True, backend=backend)
+    ref_out, ref_lse = reference_torch(torch, q, k_cache, i.block_table, i.lengths, True)
+    check_decode(to_numpy(out), to_numpy(lse), ref_out.cpu().numpy(), ref_lse.cpu().numpy(), "rising")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_inputs(torch_cuda, backend):
     """q, k_cache and block_table as views with gaps between rows/heads (inner dim contiguous)."""
