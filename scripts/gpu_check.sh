@@ -4,7 +4,8 @@
 # hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
 # ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build smoke ctest pytest bench sanitize"; "profile" adds
-# Nsight Compute per-kernel times of the latency rows).
+# Nsight Compute per-kernel times of the latency rows; "bench_fp16" and "bench_read" add the grid in
+# fp16 and in bf16 under the read flush). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
@@ -69,12 +70,23 @@ if step bench; then
   "$BUILD_DIR/bench/flashmla_bench" --check >"$LOG/bench_default.txt" 2>&1
   rc=$?; ((status |= rc)); summary "bench default rc=$rc"
   cat "$LOG/bench_default.txt"
-  "$BUILD_DIR/bench/flashmla_bench" --grid bench/grid_flashmla.txt --json "$LOG/bench_grid.json" \
+  "$BUILD_DIR/bench/flashmla_bench" --grid bench/grid_flashmla.txt --json "$LOG/bench_grid.json" ${FLASHMLA_BENCH_ARGS:-} \
     >"$LOG/bench_grid.txt" 2>&1
   rc=$?; ((status |= rc)); summary "bench grid rc=$rc"
   cat "$LOG/bench_grid.txt"
   python3 bench/report.py "$LOG/bench_grid.json" >/dev/null 2>&1 || echo "report.py failed"
 fi
+
+# The grid again with other options: $1 names the result, the rest goes to flashmla_bench.
+extra_grid() {
+  local name=$1; shift
+  "$BUILD_DIR/bench/flashmla_bench" --grid bench/grid_flashmla.txt --json "$LOG/bench_grid_$name.json" ${FLASHMLA_BENCH_ARGS:-} "$@" \
+    >"$LOG/bench_grid_$name.txt" 2>&1
+  rc=$?; ((status |= rc)); summary "bench grid $name rc=$rc"
+  cat "$LOG/bench_grid_$name.txt"
+}
+step bench_fp16 && extra_grid fp16 --dtype fp16
+step bench_read && extra_grid read --flush read
 
 if step profile; then
   scripts/profile.sh "$BUILD_DIR" "$LOG/profile" | tee "$LOG/profile.txt"
