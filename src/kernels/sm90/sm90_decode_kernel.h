@@ -255,9 +255,12 @@ __global__ void __launch_bounds__(kNumThreads, 1)
                        const __grid_constant__ CUtensorMap tma_q, bool q_by_tma) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t smem_raw[];
-  const uintptr_t aligned =
-      (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlignment - 1) & ~static_cast<uintptr_t>(kSmemAlignment - 1);
-  SharedStorage<Element>& ss = *reinterpret_cast<SharedStorage<Element>*>(aligned);
+  // Offset smem_raw itself rather than rounding an integer address: a pointer derived from the
+  // __shared__ array keeps its address space, so P, the row factors and the V-tail zeroing compile
+  // to shared-memory stores and loads instead of generic ones with 64-bit addresses.
+  const uint32_t misalignment = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % kSmemAlignment;
+  const uint32_t padding = (kSmemAlignment - misalignment) % kSmemAlignment;
+  SharedStorage<Element>& ss = *reinterpret_cast<SharedStorage<Element>*>(smem_raw + padding);
 
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kThreadsPerWarpgroup, 0);
   if (threadIdx.x == 0) {

@@ -59,6 +59,9 @@ __device__ __forceinline__ bool warp_needs_rescale(const float (&rescale)[kRowsP
   return __any_sync(0xffffffffu, needs);
 }
 
+// Independent fmaxf chains per row in the tile max (16 values per row and thread).
+constexpr int kMaxChains = 4;
+
 struct OnlineSoftmax {
   float row_max[kRowsPerThread];  // raw (unscaled) score max; -inf before any kept key
   CompensatedSum row_sum[kRowsPerThread];  // this thread's share of sum(exp2(...)); quad-reduced at the end
@@ -85,15 +88,34 @@ struct OnlineSoftmax {
   __device__ void update(TensorS& tSrS, const TensorC& tScS, int first_key, float scale_log2,
                          float (&rescale)[kRowsPerThread]) {
     using namespace cute;
-    float tile_max[kRowsPerThread];
+    // Only a tile that reaches past some row's last visible key needs the mask: on the others
+    // every score is kept, and the per-value compare and select are skipped.
+    const int visible = key_limit[0] < key_limit[1] ? key_limit[0] : key_limit[1];
+    if (first_key + kBlockN > visible) {
 #pragma unroll
-    for (int h = 0; h < kRowsPerThread; ++h) tile_max[h] = row_max[h];
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int key = first_key + get<1>(tScS(i));
+        if (key >= key_limit[accum_row_half(i)]) tSrS(i) = -INFINITY;
+      }
+    }
+    // Several partial maxima per row keep the dependent chain of fmaxf short.
+    float part_max[kRowsPerThread][kMaxChains];
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+#pragma unroll
+      for (int c = 0; c < kMaxChains; ++c) part_max[h][c] = row_max[h];
+    }
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) {
-      const int h = accum_row_half(i);
-      const int key = first_key + get<1>(tScS(i));
-      if (key >= key_limit[h]) tSrS(i) = -INFINITY;
-      tile_max[h] = fmaxf(tile_max[h], tSrS(i));
+      float& m = part_max[accum_row_half(i)][(i / 4) % kMaxChains];
+      m = fmaxf(m, tSrS(i));
+    }
+    float tile_max[kRowsPerThread];
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+      tile_max[h] = part_max[h][0];
+#pragma unroll
+      for (int c = 1; c < kMaxChains; ++c) tile_max[h] = fmaxf(tile_max[h], part_max[h][c]);
     }
     float neg_max_scaled[kRowsPerThread];
 #pragma unroll

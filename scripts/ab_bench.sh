@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A/B timing of this tree against a base tree on the same GPU in one sitting: builds the base's
+# flashmla_bench (the base source tree is the first argument, e.g. unpacked from `git archive`),
+# then runs the grid alternately base / this tree REPS times, so that clock and thermal drift hit
+# both alike. This tree's bench must already be built in $BUILD_DIR (scripts/gpu_check.sh, step
+# build). Results: $LOG/ab_{base,tree}_rep<N>.json, and a per-row table of medians in $LOG/ab.txt.
+#
+# Usage: scripts/ab_bench.sh BASE_SRC_DIR [GRID_FILE] [REPS]
+# Environment: BUILD_DIR (build-gpu), FLASHMLA_LOG_DIR (gpu_logs), FLASHMLA_BENCH_ARGS (extra
+# flashmla_bench options, e.g. --warmup-ms 300), CUTLASS_DIR / DLPACK_ROOT as for the main build.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BASE=$(realpath "$1")
+GRID=${2:-bench/grid_flashmla.txt}
+REPS=${3:-2}
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
+mkdir -p "$LOG"
+
+cmake -S "$BASE" -B "$BASE/build-ab" -G Ninja -DFLASHMLA_BUILD_TESTS=OFF >"$LOG/ab_base_configure.log" 2>&1 &&
+  cmake --build "$BASE/build-ab" --target flashmla_bench >"$LOG/ab_base_build.log" 2>&1 ||
+  { echo "base build failed"; tail -30 "$LOG/ab_base_build.log"; exit 1; }
+
+status=0
+for rep in $(seq 1 "$REPS"); do
+  for side in base tree; do
+    if [[ $side == base ]]; then bench="$BASE/build-ab/bench/flashmla_bench"; else bench="$BUILD_DIR/bench/flashmla_bench"; fi
+    "$bench" --grid "$GRID" --json "$LOG/ab_${side}_rep$rep.json" ${FLASHMLA_BENCH_ARGS:-} \
+      >"$LOG/ab_${side}_rep$rep.txt" 2>&1
+    rc=$?; ((status |= rc))
+    echo "ab $side rep $rep rc=$rc"
+  done
+done
+
+python3 - "$LOG" "$REPS" >"$LOG/ab.txt" <<'EOF'
+import json, sys
+log, reps = sys.argv[1], int(sys.argv[2])
+runs = {side: [json.load(open(f"{log}/ab_{side}_rep{r}.json")) for r in range(1, reps + 1)]
+        for side in ("base", "tree")}
+print(f"{'row':44} {'base us':>22} {'tree us':>22} {'change':>8}")
+for i, row in enumerate(runs["base"][0]):
+    name = (f"{row['case']} b={row['b']} s_q={row['s_q']} h_q={row['h_q']} s_k={row['s_k']}"
+            f"{' causal' if row['causal'] else ''}")
+    base = [run[i]["median_us"] for run in runs["base"]]
+    tree = [run[i]["median_us"] for run in runs["tree"]]
+    change = 100 * (sum(tree) / sum(base) - 1)
+    fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
+    print(f"{name:44} {fmt(base):>22} {fmt(tree):>22} {change:+7.1f}%")
+EOF
+cat "$LOG/ab.txt"
+exit $status
