@@ -4,7 +4,8 @@
 # hold the nvidia-cutlass wheel, an unpacked libdlpack-dev (dlpack/usr/include) and an unpacked
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
 # ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build smoke ctest pytest bench sanitize"; "profile" adds
-# Nsight Compute per-kernel times of the latency rows; "bench_fp16" and "bench_read" add the grid in
+# Nsight Compute per-kernel times of the latency rows; "breakdown" the fixed cost of small decodes in
+# parts (scripts/latency_breakdown.sh); "bench_fp16" and "bench_read" add the grid in
 # fp16 and in bf16 under the read flush). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,10 @@ step bench_read && extra_grid read --flush read
 
 if step profile; then
   scripts/profile.sh "$BUILD_DIR" "$LOG/profile" | tee "$LOG/profile.txt"
+fi
+
+if step breakdown; then
+  scripts/latency_breakdown.sh "$BUILD_DIR" "$LOG/breakdown" | tee "$LOG/breakdown.txt"
 fi
 
 if step sanitize; then

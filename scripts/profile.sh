@@ -61,6 +61,23 @@ if [[ "${PROFILE_DETAIL:-0}" == 1 ]]; then
     echo "== SASS stall hot spots ($shape)"
     python3 "$(dirname "$0")/sass_hotspots.py" "$LOG/sass_$name.csv" 40
   done
+  # How busy the tensor pipe, shared memory and the schedulers are on a compute row: the figures that
+  # decide whether the kernel is bound by shared-memory bandwidth or by its schedule.
+  compute_shape="--batch 128 --s-k 8192"
+  # shellcheck disable=SC2086
+  ncu --clock-control none -k regex:sm90_decode -c 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section SchedulerStats \
+    --section WarpStateStats --print-details all "$BENCH" $compute_shape --iters 1 --warmup-ms 0 \
+    >"$LOG/ncu_compute_sections.txt" 2>&1
+  echo "== ncu sections of the main kernel ($compute_shape): $LOG/ncu_compute_sections.txt"
+  grep -E "Duration|SM Frequency|Compute \(SM\) Throughput|Memory Throughput|Shared|Tensor|Issue Slots|Eligible|No Eligible|Bank" \
+    "$LOG/ncu_compute_sections.txt" | head -60
+  # shellcheck disable=SC2086
+  ncu --clock-control none -k regex:sm90_decode -c 1 --metrics \
+    sm__cycles_elapsed.avg,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_reads.avg.pct_of_peak_sustained_elapsed,l1tex__data_bank_writes.avg.pct_of_peak_sustained_elapsed \
+    "$BENCH" $compute_shape --iters 1 --warmup-ms 0 >"$LOG/ncu_compute_pipes.txt" 2>&1
+  echo "== tensor pipe and shared-memory banks ($compute_shape)"
+  grep -E "sm__|l1tex__|ERR" "$LOG/ncu_compute_pipes.txt" | head -20
   echo "== split count sweep (median µs of flashmla_bench)"
   for s_k in 1024 8192 65536; do
     for parts in 8 16 33 66; do
