@@ -61,13 +61,20 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
     for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
       const Visit v = sched.visit(p, req);
       for (int t = v.tile_begin; t < v.tile_end; ++t) {
-        // A fresh barrier counts as having completed the phase before phase 0, so the first
-        // round through the ring passes without consumers.
-        ArrivalBarrier::wait(&ss.barriers.k_empty[k_state.stage], k_state.phase ^ 1);
         int token_in_page;
         const int block = tile_cache_block(p, req, t, &token_in_page);
-        load_k_tile(tma_k, ss.barriers.k_full[k_state.stage], ss.tensors.k[k_state.stage], sched.kv_head, block,
-                    token_in_page);
+        uint64_t(&full)[kNumPieces] = ss.barriers.k_full[k_state.stage];
+        Element* stage_smem = ss.tensors.k[k_state.stage];
+        // A fresh barrier counts as having completed the phase before phase 0, so the first
+        // round through the ring passes without consumers.
+        ArrivalBarrier::wait(&ss.barriers.k_empty_early[k_state.stage], k_state.phase ^ 1);
+        for (int i = 0; i < kEarlyPieces; ++i) {
+          load_k_piece(tma_k, full, stage_smem, early_piece(i), sched.kv_head, block, token_in_page);
+        }
+        ArrivalBarrier::wait(&ss.barriers.k_empty_late[k_state.stage], k_state.phase ^ 1);
+        for (int i = 0; i < kLatePieces; ++i) {
+          load_k_piece(tma_k, full, stage_smem, late_piece(i), sched.kv_head, block, token_in_page);
+        }
         k_state.advance();
       }
     }
@@ -172,7 +179,8 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
         for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
       }
       gemm_pv<Traits>(p_smem, stage_smem, tOrO, tid);
-      ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
+      // QK^T and this P.V were the last readers of the early group (consumer 1 reads only the late one).
+      ArrivalBarrier::arrive(&ss.barriers.k_empty_early[k_state.stage]);
       k_state.advance();
     }
     if (v.has_tiles()) q_phase ^= 1;
@@ -223,7 +231,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       for (int h = 0; h < kRowsPerThread; ++h) rescale[h] = ss.exchange.row_factor[rows_in_tile[h]];
       // Consumer 0 saw every piece land before publishing P; waiting here as well gives this
       // warpgroup its own acquire of the TMA writes (the phases cannot have moved on: the stage
-      // is not released until this warpgroup arrives on k_empty).
+      // is not released until this warpgroup arrives on k_empty_late).
       for (int piece = kVPiecesPerConsumer; piece < kNumVPieces; ++piece) {
         ArrivalBarrier::wait(&ss.barriers.k_full[k_state.stage][piece], k_state.phase);
       }
@@ -232,7 +240,9 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
         for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
       }
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
-      ArrivalBarrier::arrive(&ss.barriers.k_empty[k_state.stage]);
+      // Consumer 0's QK^T of this stage retired before it published P, so this P.V is the late
+      // group's last reader.
+      ArrivalBarrier::arrive(&ss.barriers.k_empty_late[k_state.stage]);
       ArrivalBarrier::arrive(&ss.barriers.p_empty);
       p_phase ^= 1;
       k_state.advance();

@@ -35,10 +35,24 @@ constexpr int kStages = 2;  // K tiles in flight
 constexpr int kThreadsPerWarpgroup = 128;
 constexpr int kNumConsumerWarpgroups = 2;
 constexpr int kNumThreads = kThreadsPerWarpgroup * (1 + kNumConsumerWarpgroups);
-constexpr int kNumConsumerThreads = kThreadsPerWarpgroup * kNumConsumerWarpgroups;
 constexpr int kQLoaderThreads = kThreadsPerWarpgroup - 32;  // producer warps 1..3
 constexpr int kHeadDimVPerConsumer = kHeadDimV / kNumConsumerWarpgroups;       // 256
 constexpr int kVPiecesPerConsumer = kNumVPieces / kNumConsumerWarpgroups;      // 4
+constexpr int kRopePiece = kNumPieces - 1;  // the 64 rope columns: read by QK^T only
+
+// A K stage is released in two piece groups, each by the last warpgroup that reads it: the early
+// group (consumer 0's V half and the rope piece) when consumer 0's P.V retires, the late group
+// (consumer 1's V half) when consumer 1's does, which is later. The producer refills the early
+// group first and QK^T consumes it first, so the next load of a stage starts before the whole
+// stage is free.
+constexpr int kEarlyPieces = kVPiecesPerConsumer + 1;
+constexpr int kLatePieces = kNumPieces - kEarlyPieces;
+// Piece of the early group at position i: consumer 0's V pieces, then the rope piece.
+__host__ __device__ constexpr int early_piece(int i) { return i < kVPiecesPerConsumer ? i : kRopePiece; }
+// Piece of the late group at position i: consumer 1's V pieces.
+__host__ __device__ constexpr int late_piece(int i) { return kVPiecesPerConsumer + i; }
+static_assert(early_piece(kEarlyPieces - 1) == kRopePiece && late_piece(kLatePieces - 1) == kNumVPieces - 1,
+              "the two groups cover the nine pieces once each");
 
 // setmaxnreg budget: 128 * 40 + 256 * 232 = 64512 <= 65536 registers of the SM, and the sum
 // equals the 168 per thread that __launch_bounds__(384, 1) starts every warp with.

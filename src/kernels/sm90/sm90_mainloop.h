@@ -31,8 +31,10 @@ struct MainloopTensorStorage {
 struct MainloopBarrierStorage {
   // K pieces landed (1 arrival + kPieceBytes of transactions per use).
   uint64_t k_full[kStages][kNumPieces];
-  // Both consumers finished reading a K stage (kNumConsumerThreads arrivals).
-  uint64_t k_empty[kStages];
+  // The readers of a stage's early piece group (consumer 0) and of its late group (consumer 1)
+  // are done with it (kThreadsPerWarpgroup arrivals each).
+  uint64_t k_empty_early[kStages];
+  uint64_t k_empty_late[kStages];
   // The visit's Q tile is in shared memory: kQLoaderThreads arrivals after the cp.async gather,
   // or 1 arrival + kQTileBytes of transactions when TMA loads it.
   uint64_t q_full;
@@ -63,7 +65,8 @@ using ArrivalBarrier = cutlass::arch::ClusterBarrier;
 __device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars, bool q_by_tma) {
   for (int s = 0; s < kStages; ++s) {
     for (int p = 0; p < kNumPieces; ++p) TransactionBarrier::init(&bars.k_full[s][p], 1);
-    ArrivalBarrier::init(&bars.k_empty[s], kNumConsumerThreads);
+    ArrivalBarrier::init(&bars.k_empty_early[s], kThreadsPerWarpgroup);
+    ArrivalBarrier::init(&bars.k_empty_late[s], kThreadsPerWarpgroup);
   }
   ArrivalBarrier::init(&bars.q_full, q_by_tma ? 1 : kQLoaderThreads);
   ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
@@ -79,17 +82,14 @@ __device__ inline void fence_generic_to_async_proxy() {
 
 // ---- Producer ------------------------------------------------------------------------------------
 
-// Issues the nine piece TMAs of one K tile. Called by a single thread.
+// Issues the TMA of one 64-column piece of a K tile. Called by a single thread.
 template <class Element>
-__device__ inline void load_k_tile(const CUtensorMap* tma_k, uint64_t (&full)[kNumPieces], Element* stage_smem,
-                                   int kv_head, int cache_block, int token_in_page) {
+__device__ inline void load_k_piece(const CUtensorMap* tma_k, uint64_t (&full)[kNumPieces], Element* stage_smem,
+                                    int piece, int kv_head, int cache_block, int token_in_page) {
   constexpr uint64_t kEvictFirst = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
-#pragma unroll
-  for (int p = 0; p < kNumPieces; ++p) {
-    TransactionBarrier::arrive_and_expect_tx(&full[p], kPieceBytes);
-    cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[p], kEvictFirst, stage_smem + p * kPieceElems, p * kPieceCols,
-                                 token_in_page, kv_head, cache_block);
-  }
+  TransactionBarrier::arrive_and_expect_tx(&full[piece], kPieceBytes);
+  cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[piece], kEvictFirst, stage_smem + piece * kPieceElems,
+                               piece * kPieceCols, token_in_page, kv_head, cache_block);
 }
 
 // Loads the visit's 64 packed query rows with nine piece TMAs (called by a single thread). The q
@@ -199,23 +199,29 @@ __device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits
   constexpr int kKBlocksPerPiece = kPieceCols / 16;
   static_assert(decltype(size<2>(tSrQ))::value == kNumPieces * kKBlocksPerPiece, "k-blocks per piece");
 
-  // Every piece lands before the first wgmma: a barrier wait between wgmmas makes ptxas insert a
-  // wgmma.fence after it (advisory C7519), which serialises the accumulation. With two stages the
-  // tile was requested a whole iteration earlier, so the wait is normally already satisfied.
+  // The early piece group is refilled first (kEarlyPieces), so it is consumed first; the late
+  // group's wait then overlaps the early group's wgmmas. Each group waits for all its pieces, then
+  // issues its wgmmas as one commit group: a barrier wait between single wgmmas makes ptxas insert
+  // a wgmma.fence after it (advisory C7519).
+  auto issue_group = [&](auto piece_of, auto num_pieces) {
 #pragma unroll
-  for (int p = 0; p < kNumPieces; ++p) ArrivalBarrier::wait(&full[p], phase);
+    for (int i = 0; i < decltype(num_pieces)::value; ++i) ArrivalBarrier::wait(&full[piece_of(i)], phase);
+    warpgroup_arrive();
+#pragma unroll
+    for (int i = 0; i < decltype(num_pieces)::value; ++i) {
+      const int p = piece_of(i);
+#pragma unroll
+      for (int kb = 0; kb < kKBlocksPerPiece; ++kb) {
+        cute::gemm(mma, tSrQ(_, _, p * kKBlocksPerPiece + kb), tSrK(_, _, p * kKBlocksPerPiece + kb), tSrS);
+        mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+    }
+    warpgroup_commit_batch();
+  };
   mma.accumulate_ = GMMA::ScaleOut::Zero;
   warpgroup_fence_operand(tSrS);
-  warpgroup_arrive();
-#pragma unroll
-  for (int p = 0; p < kNumPieces; ++p) {
-#pragma unroll
-    for (int kb = 0; kb < kKBlocksPerPiece; ++kb) {
-      cute::gemm(mma, tSrQ(_, _, p * kKBlocksPerPiece + kb), tSrK(_, _, p * kKBlocksPerPiece + kb), tSrS);
-      mma.accumulate_ = GMMA::ScaleOut::One;
-    }
-  }
-  warpgroup_commit_batch();
+  issue_group([](int i) { return early_piece(i); }, Int<kEarlyPieces>{});
+  issue_group([](int i) { return late_piece(i); }, Int<kLatePieces>{});
   warpgroup_wait<0>();
   warpgroup_fence_operand(tSrS);
 }
