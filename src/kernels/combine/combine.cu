@@ -75,21 +75,23 @@ template <typename T, int kSlotGroups>
 __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     combine_kernel(const DecodeParams p, int rows_per_cta) {
   constexpr int kThreads = kColumnThreads * kSlotGroups;
+  const int req = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int row_begin = blockIdx.z * rows_per_cta;
+  // The plan is read before the wait below: it was complete before the main kernel read it, so
+  // its fetch overlaps the main kernel's tail instead of following it.
+  const int64_t slot_begin = p.num_splits[req];
+  const int64_t slot_end = p.num_splits[req + 1];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // kMinArchWithDependencyWait
   // Launched programmatically: wait until the main kernel's partials (and everything before it)
   // are visible. Without the launch attribute this returns at once.
   cudaGridDependencySynchronize();
 #endif
+  if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
   __shared__ float warp_partials[kThreads / 32];
   // Per-group sums of a row (unused with one group).
   __shared__ float4 group_o[kSlotGroups][kColumnThreads];
   __shared__ float group_weight[kSlotGroups];
-  const int req = blockIdx.x;
-  const int kv_head = blockIdx.y;
-  const int row_begin = blockIdx.z * rows_per_cta;
-  const int64_t slot_begin = p.num_splits[req];
-  const int64_t slot_end = p.num_splits[req + 1];
-  if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
 
   const int column_thread = threadIdx.x % kColumnThreads;
   const int group = threadIdx.x / kColumnThreads;

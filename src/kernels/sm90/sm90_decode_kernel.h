@@ -57,23 +57,31 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
   const TileScheduler sched(p);
   if (warp == 0) {
     if (lane != 0) return;
+    // The block-table entry of the part's first tile depends only on the plan, so it is read
+    // beside the first visit's seqlens instead of after them: one dependent global read less
+    // before the first K load, which small decodes wait for.
+    const int first_req = sched.first_request();
+    const TilePage first_page = tile_page(p, sched.begin_tile);
+    const bool first_read = first_req <= sched.last_request() && first_page.column < p.max_blocks_per_seq;
+    const int first_block = first_read ? cache_block(p, first_req, first_page.column) : 0;
     PipelineState k_state;
-    for (int req = sched.first_request(); req <= sched.last_request(); ++req) {
+    for (int req = first_req; req <= sched.last_request(); ++req) {
       const Visit v = sched.visit(p, req);
       for (int t = v.tile_begin; t < v.tile_end; ++t) {
-        int token_in_page;
-        const int block = tile_cache_block(p, req, t, &token_in_page);
+        const TilePage page = tile_page(p, t);
+        const int block = first_read && req == first_req && t == sched.begin_tile ? first_block
+                                                                                   : cache_block(p, req, page.column);
         uint64_t(&full)[kNumPieces] = ss.barriers.k_full[k_state.stage];
         Element* stage_smem = ss.tensors.k[k_state.stage];
         // A fresh barrier counts as having completed the phase before phase 0, so the first
         // round through the ring passes without consumers.
         ArrivalBarrier::wait(&ss.barriers.k_empty_early[k_state.stage], k_state.phase ^ 1);
         for (int i = 0; i < kEarlyPieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, early_piece(i), sched.kv_head, block, token_in_page);
+          load_k_piece(tma_k, full, stage_smem, early_piece(i), sched.kv_head, block, page.token_in_page);
         }
         ArrivalBarrier::wait(&ss.barriers.k_empty_late[k_state.stage], k_state.phase ^ 1);
         for (int i = 0; i < kLatePieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, late_piece(i), sched.kv_head, block, token_in_page);
+          load_k_piece(tma_k, full, stage_smem, late_piece(i), sched.kv_head, block, page.token_in_page);
         }
         k_state.advance();
       }

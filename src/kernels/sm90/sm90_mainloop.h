@@ -111,13 +111,22 @@ __device__ inline void load_q_tile_tma(const DecodeParams& p, const CUtensorMap*
   }
 }
 
-// Cache block holding tile `tile` of `request`: a 64-token tile never straddles a page because
-// page_block_size is a multiple of 64.
-__device__ inline int tile_cache_block(const DecodeParams& p, int request, int tile, int* token_in_page) {
+// Where a tile of a request lives in the paged cache: its block-table column and the first token
+// of the tile inside that page (a 64-token tile never straddles a page because page_block_size is
+// a multiple of 64).
+struct TilePage {
+  int column;
+  int token_in_page;
+};
+
+__device__ inline TilePage tile_page(const DecodeParams& p, int tile) {
   const int token = tile * kBlockN;
-  const int page = token / p.page_block_size;
-  *token_in_page = token - page * p.page_block_size;
-  return p.block_table[static_cast<int64_t>(request) * p.block_table_batch_stride + page];
+  const int column = token / p.page_block_size;
+  return {column, token - column * p.page_block_size};
+}
+
+__device__ inline int cache_block(const DecodeParams& p, int request, int column) {
+  return p.block_table[static_cast<int64_t>(request) * p.block_table_batch_stride + column];
 }
 
 __device__ inline void cp_async_16_zfill(void* smem_dst, const void* gmem_src, bool valid) {
