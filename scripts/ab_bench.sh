@@ -17,9 +17,12 @@ BUILD_DIR=${BUILD_DIR:-build-gpu}
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
 mkdir -p "$LOG"
 
+source scripts/offline_deps.sh
 cmake -S "$BASE" -B "$BASE/build-ab" -G Ninja -DFLASHMLA_BUILD_TESTS=OFF >"$LOG/ab_base_configure.log" 2>&1 &&
   cmake --build "$BASE/build-ab" --target flashmla_bench >"$LOG/ab_base_build.log" 2>&1 ||
   { echo "base build failed"; tail -30 "$LOG/ab_base_build.log"; exit 1; }
+# AB_BUILD_ONLY=1: build the base's bench and stop (scripts/experiment.sh builds it beside this tree).
+[[ "${AB_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 status=0
 for rep in $(seq 1 "$REPS"); do

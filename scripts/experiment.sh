@@ -18,25 +18,19 @@ LAUNCH_ROW=${LAUNCH_ROW:---batch 128 --h-q 128 --s-k 4096}
 mkdir -p "$LOG"
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
-if [[ -n "${FLASHMLA_DEPS_DIR:-}" && -z "${CUTLASS_DIR:-}" ]]; then
-  site=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --target "$site" "$FLASHMLA_DEPS_DIR"/nvidia_cutlass-*.whl
-  export CUTLASS_DIR="$site/cutlass_library/source/include"
-  [[ -d "$FLASHMLA_DEPS_DIR/dlpack/usr" ]] && export DLPACK_ROOT="$FLASHMLA_DEPS_DIR/dlpack/usr"
-fi
+source scripts/offline_deps.sh
 
 base=$(mktemp -d)
 tar xf "$BASE_TAR" -C "$base"
 # The base's bench builds while this tree builds; ab_bench.sh then finds it up to date.
-(cmake -S "$base" -B "$base/build-ab" -G Ninja -DFLASHMLA_BUILD_TESTS=OFF >"$LOG/ab_base_configure.log" 2>&1 &&
-  cmake --build "$base/build-ab" --target flashmla_bench >"$LOG/ab_base_build.log" 2>&1) &
+AB_BUILD_ONLY=1 bash scripts/ab_bench.sh "$base" &
 base_build=$!
 
 status=0
 if step check; then
   FLASHMLA_GPU_STEPS="build smoke" bash scripts/gpu_check.sh || { wait "$base_build"; exit 1; }
 fi
-wait "$base_build" || { echo "base build failed"; tail -30 "$LOG/ab_base_build.log"; exit 1; }
+wait "$base_build" || exit 1
 
 if step shape; then
   # TMA, mbarrier and wgmma instructions of each SM90 kernel instantiation, and what Nsight

@@ -15,15 +15,9 @@ BUILD_DIR=${BUILD_DIR:-build-gpu}
 mkdir -p "$LOG"
 export FLASHMLA_SKIP_SETUP=1 PYTHONUNBUFFERED=1
 
-deps=${FLASHMLA_DEPS_DIR:-}
 cmake_args=(-DFLASHMLA_BUILD_PYTHON=ON -DFLASHMLA_PTXAS_VERBOSE=ON)
-if [[ -n "$deps" ]]; then
-  site=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --target "$site" "$deps"/nvidia_cutlass-*.whl
-  export CUTLASS_DIR="$site/cutlass_library/source/include"
-  [[ -d "$deps/dlpack/usr" ]] && export DLPACK_ROOT="$deps/dlpack/usr"
-  [[ -d "$deps/gtest/usr/src/googletest" ]] && cmake_args+=(-DGTEST_SOURCE_DIR="$deps/gtest/usr/src/googletest")
-fi
+source scripts/offline_deps.sh
+[[ -n "${GTEST_SOURCE_DIR:-}" ]] && cmake_args+=(-DGTEST_SOURCE_DIR="$GTEST_SOURCE_DIR")
 
 status=0
 step() { [[ " $STEPS " == *" $1 "* ]]; }
