@@ -44,6 +44,10 @@
 #include <vector>
 
 #include "l2_flush.h"
+#include "launch_floor.h"
+#ifdef FLASHMLA_PHASE_TRACE
+#include "phase_trace_report.h"
+#endif
 
 namespace {
 
@@ -69,6 +73,14 @@ constexpr double kCheckOutRelL2Tol = 1e-2;
 constexpr double kCheckLseAbsTol = 1e-3;
 // NVML's clock type for the SM clock (nvml.h: NVML_CLOCK_SM).
 constexpr int kNvmlClockSm = 1;
+// NVML's clock-event reason bits (nvml.h: nvmlClocksEventReason*), the ones that lower the SM
+// clock under load.
+constexpr unsigned long long kNvmlReasonSwPowerCap = 0x4;
+constexpr unsigned long long kNvmlReasonHwSlowdown = 0x8;
+constexpr unsigned long long kNvmlReasonSwThermal = 0x20;
+constexpr unsigned long long kNvmlReasonHwThermal = 0x40;
+constexpr unsigned long long kNvmlReasonHwPowerBrake = 0x80;
+constexpr double kMilliwattsPerWatt = 1000.0;
 
 // ---- errors -----------------------------------------------------------------------------------
 
@@ -124,6 +136,8 @@ struct Options {
   bool check = false;
   int64_t sm_parts = 0;  // 0: flashmla_get_num_sm_parts
   flashmla_bench::FlushMode flush = flashmla_bench::FlushMode::kWrite;
+  int trace_runs = 0;  // --trace: traced replays per row after the timed ones
+  bool floor = false;  // --floor: time the near-empty graphs instead of decodes
 };
 
 const char* kUsage = R"(usage: flashmla_bench [options]
@@ -158,6 +172,11 @@ Run:
                          (0: the library's choice), to explore the split count
   --check              before timing, compare one run against --backend reference
                          (relative L2 of out, max abs of lse); a failure exits non-zero
+  --floor              instead of decodes, time graphs of near-empty kernels in the decode's
+                         launch shape by the same method (launch_floor.h): the floor under
+                         every small decode
+  --trace N            after timing, N more replays whose per-phase stamps are read and
+                         summarised (a build configured with -DFLASHMLA_PHASE_TRACE=ON only)
   --help               this text
 
 FLOPs = 2*b*s_q*h_q*L*(576+512) and bytes = (b*h_kv*L*576 + b*s_q*h_q*(576+512))*elem, with L the
@@ -250,6 +269,13 @@ std::optional<Options> parse_args(int argc, char** argv) {
         o.dtype = ElemType::kFloat16;
       else
         fail("--dtype: expected bf16|fp16, got '" + v + "'");
+    } else if (flag == "--floor") {
+      o.floor = true;
+    } else if (flag == "--trace") {
+      o.trace_runs = static_cast<int>(parse_int(flag, next(), 1));
+#ifndef FLASHMLA_PHASE_TRACE
+      fail("--trace: this flashmla_bench was built without -DFLASHMLA_PHASE_TRACE=ON");
+#endif
     } else if (flag == "--flush") {
       const std::string v = next();
       if (v == "write")
@@ -504,8 +530,16 @@ struct Graph {
 
 // ---- device information -----------------------------------------------------------------------
 
-// The current SM clock through NVML, loaded with dlopen so the binary has no link dependency on
-// the driver's management library; every failure means "not available".
+// What limits the clocks while a row runs: board power against its enforced limit and the
+// clock-event reasons, sampled with the row's replays in flight.
+struct PowerSample {
+  double watts = 0;
+  double limit_watts = 0;
+  unsigned long long reasons = 0;  // nvmlClocksEventReason bits
+};
+
+// The current SM clock and power state through NVML, loaded with dlopen so the binary has no link
+// dependency on the driver's management library; every failure means "not available".
 class Nvml {
  public:
   explicit Nvml(int cuda_device) {
@@ -517,6 +551,13 @@ class Nvml {
     auto by_pci = reinterpret_cast<HandleFn>(dlsym(lib_, "nvmlDeviceGetHandleByPciBusId_v2"));
     get_clock_ = reinterpret_cast<ClockFn>(dlsym(lib_, "nvmlDeviceGetClockInfo"));
     shutdown_ = reinterpret_cast<ShutdownFn>(dlsym(lib_, "nvmlShutdown"));
+    get_power_ = reinterpret_cast<UintFn>(dlsym(lib_, "nvmlDeviceGetPowerUsage"));
+    get_limit_ = reinterpret_cast<UintFn>(dlsym(lib_, "nvmlDeviceGetEnforcedPowerLimit"));
+    get_reasons_ = reinterpret_cast<ReasonsFn>(dlsym(lib_, "nvmlDeviceGetCurrentClocksEventReasons"));
+    // The same call under its name before CUDA 12.2's drivers.
+    if (!get_reasons_) {
+      get_reasons_ = reinterpret_cast<ReasonsFn>(dlsym(lib_, "nvmlDeviceGetCurrentClocksThrottleReasons"));
+    }
     if (!init || !by_pci || !get_clock_ || !shutdown_ || init() != 0) {
       get_clock_ = nullptr;
       return;
@@ -544,13 +585,30 @@ class Nvml {
     return mhz;
   }
 
+  std::optional<PowerSample> power() const {
+    unsigned milliwatts = 0, limit_milliwatts = 0;
+    PowerSample sample;
+    if (!device_ || !get_power_ || !get_limit_ || !get_reasons_ || get_power_(device_, &milliwatts) != 0 ||
+        get_limit_(device_, &limit_milliwatts) != 0 || get_reasons_(device_, &sample.reasons) != 0) {
+      return std::nullopt;
+    }
+    sample.watts = milliwatts / kMilliwattsPerWatt;
+    sample.limit_watts = limit_milliwatts / kMilliwattsPerWatt;
+    return sample;
+  }
+
  private:
   using ClockFn = int (*)(void*, int, unsigned*);
+  using UintFn = int (*)(void*, unsigned*);
+  using ReasonsFn = int (*)(void*, unsigned long long*);
   using ShutdownFn = int (*)();
   void* lib_ = nullptr;
   void* device_ = nullptr;
   bool initialised_ = false;
   ClockFn get_clock_ = nullptr;
+  UintFn get_power_ = nullptr;
+  UintFn get_limit_ = nullptr;
+  ReasonsFn get_reasons_ = nullptr;
   ShutdownFn shutdown_ = nullptr;
 };
 
@@ -591,6 +649,20 @@ std::string clock_text(std::optional<unsigned> mhz) {
   return mhz ? std::to_string(*mhz) + " MHz" : std::string("n/a");
 }
 
+// The clock-lowering reasons of a sample, '+'-joined ("none" when the clock is not held down).
+std::string reasons_text(unsigned long long reasons) {
+  const std::pair<unsigned long long, const char*> names[] = {{kNvmlReasonSwPowerCap, "sw_power_cap"},
+                                                              {kNvmlReasonHwSlowdown, "hw_slowdown"},
+                                                              {kNvmlReasonSwThermal, "sw_thermal"},
+                                                              {kNvmlReasonHwThermal, "hw_thermal"},
+                                                              {kNvmlReasonHwPowerBrake, "hw_power_brake"}};
+  std::string text;
+  for (const auto& [bit, name] : names) {
+    if (reasons & bit) text += (text.empty() ? "" : "+") + std::string(name);
+  }
+  return text.empty() ? "none" : text;
+}
+
 // ---- one benchmark row ------------------------------------------------------------------------
 
 struct CheckResult {
@@ -608,6 +680,7 @@ struct RowResult {
   double tflops = 0;
   double gbps = 0;
   std::optional<unsigned> sm_clock_mhz;  // read right after the timed runs
+  std::optional<PowerSample> power;      // sampled at the end of the warm-up, replays in flight
   std::optional<CheckResult> check;
 };
 
@@ -821,6 +894,80 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Replays one captured graph by the method of the tables: clocks warmed with the graph itself,
+// then timed runs, each an L2 flush followed by the replay between two events.
+class Replayer {
+ public:
+  Replayer(const Graph& g, const Options& o, const DeviceBuffer& flush, cudaStream_t stream)
+      : g_(g), o_(o), flush_(flush), stream_(stream) {}
+
+  // Back-to-back replays for --warmup-ms, then one more batch during which `sample` runs (the
+  // power state of the steady work).
+  template <typename Sample>
+  void warm_up(Sample&& sample) {
+    const auto warm_start = std::chrono::steady_clock::now();
+    do {
+      launch_batch();
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - warm_start).count() <
+             o_.warmup_ms);
+    launch_batch();
+    sample();
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // --iters timed runs, enqueued back to back; their event times in µs.
+  std::vector<double> timed_runs() {
+    std::vector<Event> starts(static_cast<size_t>(o_.iters));
+    std::vector<Event> stops(static_cast<size_t>(o_.iters));
+    for (size_t i = 0; i < starts.size(); ++i) enqueue_run(starts[i], stops[i]);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::vector<double> us(starts.size());
+    for (size_t i = 0; i < us.size(); ++i) us[i] = elapsed_us(starts[i], stops[i]);
+    return us;
+  }
+
+  // One timed run, waited for; its event time in µs.
+  double one_run() {
+    const Event start, stop;
+    enqueue_run(start, stop);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return elapsed_us(start, stop);
+  }
+
+ private:
+  void launch_batch() {
+    for (int i = 0; i < kWarmupBatch; ++i) CUDA_CHECK(cudaGraphLaunch(g_.exec, stream_));
+  }
+
+  void enqueue_run(const Event& start, const Event& stop) {
+    if (o_.flush == flashmla_bench::FlushMode::kWrite) {
+      // A different byte each time so no run finds the flush buffer's lines already in L2 state.
+      CUDA_CHECK(cudaMemsetAsync(flush_.get(), runs_ & 0xFF, flush_.bytes(), stream_));
+    } else {
+      CUDA_CHECK(flashmla_bench::read_through(flush_.get(), flush_.bytes(), static_cast<uint32_t*>(sink_.get()),
+                                                stream_));
+    }
+    ++runs_;
+    CUDA_CHECK(cudaEventRecord(start.e, stream_));
+    CUDA_CHECK(cudaGraphLaunch(g_.exec, stream_));
+    CUDA_CHECK(cudaEventRecord(stop.e, stream_));
+  }
+
+  static double elapsed_us(const Event& start, const Event& stop) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start.e, stop.e));
+    return 1000.0 * static_cast<double>(ms);
+  }
+
+  const Graph& g_;
+  const Options& o_;
+  const DeviceBuffer& flush_;
+  cudaStream_t stream_;
+  const DeviceBuffer sink_{sizeof(uint32_t)};
+  int runs_ = 0;
+};
+
 RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const Nvml& nvml,
                   const DeviceBuffer& flush) {
   Stream stream;
@@ -845,40 +992,16 @@ RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const
   cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
   CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
 
-  // Warm the clocks with the work itself, back to back, for --warmup-ms.
-  const auto warm_start = std::chrono::steady_clock::now();
-  do {
-    for (int i = 0; i < kWarmupBatch; ++i) CUDA_CHECK(cudaGraphLaunch(g.exec, stream.s));
-    CUDA_CHECK(cudaStreamSynchronize(stream.s));
-  } while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - warm_start)
-               .count() < o.warmup_ms);
-
-  const DeviceBuffer sink(sizeof(uint32_t));
-  std::vector<Event> starts(static_cast<size_t>(o.iters));
-  std::vector<Event> stops(static_cast<size_t>(o.iters));
-  for (int i = 0; i < o.iters; ++i) {
-    if (o.flush == flashmla_bench::FlushMode::kWrite) {
-      // A different byte each time so no run finds the flush buffer's lines already in L2 state.
-      CUDA_CHECK(cudaMemsetAsync(flush.get(), i & 0xFF, flush.bytes(), stream.s));
-    } else {
-      CUDA_CHECK(flashmla_bench::read_through(flush.get(), flush.bytes(), static_cast<uint32_t*>(sink.get()),
-                                                stream.s));
-    }
-    CUDA_CHECK(cudaEventRecord(starts[static_cast<size_t>(i)].e, stream.s));
-    CUDA_CHECK(cudaGraphLaunch(g.exec, stream.s));
-    CUDA_CHECK(cudaEventRecord(stops[static_cast<size_t>(i)].e, stream.s));
-  }
-  CUDA_CHECK(cudaStreamSynchronize(stream.s));
+  Replayer replayer(g, o, flush, stream.s);
+  replayer.warm_up([&] { r.power = nvml.power(); });
+  const std::vector<double> us = replayer.timed_runs();
   r.sm_clock_mhz = nvml.sm_clock_mhz();
-
-  std::vector<double> us(static_cast<size_t>(o.iters));
-  for (size_t i = 0; i < us.size(); ++i) {
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, starts[i].e, stops[i].e));
-    us[i] = 1000.0 * ms;
-  }
   r.median_us = median(us);
   r.min_us = *std::min_element(us.begin(), us.end());
+
+#ifdef FLASHMLA_PHASE_TRACE
+  if (o.trace_runs > 0) flashmla_bench::report_phase_trace(o.trace_runs, [&] { return replayer.one_run(); });
+#endif
 
   const double L = r.mean_s_k;
   const double b = static_cast<double>(s.batch), sq = static_cast<double>(s.s_q);
@@ -930,6 +1053,12 @@ void print_row(const RowResult& r) {
   std::string notes = "L_mean=" + std::to_string(static_cast<long long>(std::llround(r.mean_s_k))) +
                       " sm_parts=" + std::to_string(r.num_sm_parts) +
                       " clock=" + clock_text(r.sm_clock_mhz);
+  if (r.power) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " power=%.0f/%.0fW limits=%s", r.power->watts, r.power->limit_watts,
+                  reasons_text(r.power->reasons).c_str());
+    notes += buf;
+  }
   if (r.check) {
     char buf[96];
     std::snprintf(buf, sizeof buf, " check: out_rel_l2=%.2e lse_max_abs=%.2e %s",
@@ -997,6 +1126,13 @@ void write_json(const std::string& path, const std::vector<RowResult>& rows, con
         << (s.flashmla_us ? json_number(*s.flashmla_us / r.median_us) : "null")
         << ", \"sm_clock_mhz\": "
         << (r.sm_clock_mhz ? std::to_string(*r.sm_clock_mhz) : std::string("null"));
+    if (r.power) {
+      out << ", \"power_w\": " << json_number(r.power->watts)
+          << ", \"power_limit_w\": " << json_number(r.power->limit_watts)
+          << ", \"clock_limits\": " << json_string(reasons_text(r.power->reasons));
+    } else {
+      out << ", \"power_w\": null, \"power_limit_w\": null, \"clock_limits\": null";
+    }
     if (r.check) {
       out << ", \"check\": {\"out_rel_l2\": " << json_number(r.check->out_rel_l2)
           << ", \"lse_max_abs\": " << json_number(r.check->lse_max_abs)
@@ -1011,6 +1147,34 @@ void write_json(const std::string& path, const std::vector<RowResult>& rows, con
   }
   out << "]\n";
   if (!out) fail("--json: error writing '" + path + "'");
+}
+
+// --floor: each case of launch_floor.h captured and timed like a decode row.
+void run_floor(const Options& o, const DeviceInfo& dev, const DeviceBuffer& flush) {
+  Stream stream;
+  const DeviceBuffer chain(flashmla_bench::floor_chain_words() * sizeof(uint32_t));
+  const DeviceBuffer sink(static_cast<size_t>(dev.sm_count) * sizeof(uint32_t));
+  CUDA_CHECK(flashmla_bench::fill_floor_chain(static_cast<uint32_t*>(chain.get()), stream.s));
+  CUDA_CHECK(cudaStreamSynchronize(stream.s));
+  std::printf("%-8s %-24s | %10s %10s\n", "case", "graph", "median_us", "min_us");
+  for (int c = 0; c < static_cast<int>(flashmla_bench::FloorCase::kCount); ++c) {
+    const auto floor_case = static_cast<flashmla_bench::FloorCase>(c);
+    Graph g;
+    CUDA_CHECK(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
+    const cudaError_t err = flashmla_bench::enqueue_floor_case(
+        floor_case, dev.sm_count, static_cast<const uint32_t*>(chain.get()), static_cast<uint32_t*>(sink.get()),
+        stream.s);
+    const cudaError_t end_err = cudaStreamEndCapture(stream.s, &g.graph);
+    cuda_check(err, "enqueue_floor_case (under CUDA-graph capture)", __FILE__, __LINE__);
+    cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
+    CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+    Replayer replayer(g, o, flush, stream.s);
+    replayer.warm_up([] {});
+    const std::vector<double> us = replayer.timed_runs();
+    std::printf("%-8s %-24s | %10.2f %10.2f\n", "floor", flashmla_bench::floor_case_name(floor_case), median(us),
+                *std::min_element(us.begin(), us.end()));
+    std::fflush(stdout);
+  }
 }
 
 int run(int argc, char** argv) {
@@ -1039,9 +1203,12 @@ int run(int argc, char** argv) {
       "each, %.0f ms warm-up per row\n",
       dtype_name(o.dtype), static_cast<long long>(o.page_block_size), backend_name(o.backend),
       o.iters, flush_name(o.flush), o.warmup_ms);
-  print_header();
-
   const DeviceBuffer flush(static_cast<size_t>(kL2FlushFactor) * std::max<size_t>(dev.l2_bytes, 1));
+  if (o.floor) {
+    run_floor(o, dev, flush);
+    return 0;
+  }
+  print_header();
   std::vector<RowResult> results;
   bool all_checks_ok = true;
   for (const Shape& s : shapes) {

@@ -5,7 +5,8 @@
 # googletest source package (gtest/usr/src/googletest). Logs and results go to
 # ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build smoke ctest pytest bench sanitize"; "profile" adds
 # Nsight Compute per-kernel times of the latency rows; "breakdown" the fixed cost of small decodes in
-# parts (scripts/latency_breakdown.sh); "bench_fp16" and "bench_read" add the grid in
+# parts (scripts/latency_breakdown.sh); "trace" the same from per-phase stamps of a trace build,
+# plus the floor of near-empty graphs (scripts/phase_trace.sh); "bench_fp16" and "bench_read" add the grid in
 # fp16 and in bf16 under the read flush). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +90,10 @@ fi
 
 if step breakdown; then
   scripts/latency_breakdown.sh "$BUILD_DIR" "$LOG/breakdown" | tee "$LOG/breakdown.txt"
+fi
+
+if step trace; then
+  scripts/phase_trace.sh "$BUILD_DIR" "$BUILD_DIR-trace" "$LOG/trace" | tee "$LOG/trace.txt"
 fi
 
 if step sanitize; then

@@ -23,6 +23,7 @@
 
 #include "flashmla/flashmla.h"
 #include "kernels/common/dtype_bits.cuh"
+#include "kernels/common/phase_trace.cuh"
 
 namespace flashmla {
 namespace {
@@ -51,6 +52,20 @@ constexpr int kMaxGridYZ = 65535;
 // cudaGridDependencySynchronize() (programmatic dependent launch) exists from sm_90 on.
 constexpr int kMinArchWithDependencyWait = 90;
 
+#ifdef FLASHMLA_PHASE_TRACE
+// The combine's stamps (phase_trace.cuh).
+__device__ trace::Stamp g_combine_stamps[trace::kMaxCtas * trace::kCombinePhases];
+#endif
+
+// Thread 0 of each CTA stamps; a no-op unless tracing.
+__device__ __forceinline__ void stamp(trace::CombinePhase phase) {
+#ifdef FLASHMLA_PHASE_TRACE
+  if (threadIdx.x == 0) trace::record(g_combine_stamps, trace::kCombinePhases, phase);
+#else
+  (void)phase;
+#endif
+}
+
 // The largest lse of a row's pieces; every thread of the CTA gets it.
 template <int kThreads>
 __device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t slot_end, int kv_head,
@@ -78,6 +93,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int row_begin = blockIdx.z * rows_per_cta;
+  stamp(trace::kCombineEntry);
   // The plan is read before the wait below: it was complete before the main kernel read it, so
   // its fetch overlaps the main kernel's tail instead of following it.
   const int64_t slot_begin = p.num_splits[req];
@@ -87,7 +103,11 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
   // are visible. Without the launch attribute this returns at once.
   cudaGridDependencySynchronize();
 #endif
-  if (slot_end - slot_begin <= 1) return;  // its only visit wrote out/lse itself
+  stamp(trace::kCombinePriorGridsDone);
+  if (slot_end - slot_begin <= 1) {  // its only visit wrote out/lse itself
+    stamp(trace::kCombineExit);
+    return;
+  }
   __shared__ float warp_partials[kThreads / 32];
   // Per-group sums of a row (unused with one group).
   __shared__ float4 group_o[kSlotGroups][kColumnThreads];
@@ -183,6 +203,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
             static_cast<int64_t>(s) * p.lse_seq_stride] = lse;
     }
   }
+  stamp(trace::kCombineExit);
 }
 
 int rows_per_cta_for(const DecodeParams& params) {
@@ -236,6 +257,17 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool program
 }
 
 }  // namespace
+
+#ifdef FLASHMLA_PHASE_TRACE
+cudaError_t combine_take_phase_trace(trace::Stamp* host_stamps) {
+  constexpr size_t kBytes = sizeof(g_combine_stamps);
+  cudaError_t err = cudaMemcpyFromSymbol(host_stamps, g_combine_stamps, kBytes);
+  if (err != cudaSuccess) return err;
+  void* table = nullptr;
+  err = cudaGetSymbolAddress(&table, g_combine_stamps);
+  return err == cudaSuccess ? cudaMemset(table, 0, kBytes) : err;
+}
+#endif
 
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream,
                         bool programmatic_dependent_launch) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include "api/decode_params.h"
+#include "kernels/common/phase_trace.cuh"
 
 namespace flashmla {
 
@@ -12,5 +13,11 @@ namespace flashmla {
 // overlaps the tail of a main kernel that triggers it (sm_90 only).
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream,
                         bool programmatic_dependent_launch);
+
+#ifdef FLASHMLA_PHASE_TRACE
+// Copies the combine's stamps (trace::kMaxCtas x trace::kCombinePhases) to the host and clears
+// them; synchronous.
+cudaError_t combine_take_phase_trace(trace::Stamp* host_stamps);
+#endif
 
 }  // namespace flashmla

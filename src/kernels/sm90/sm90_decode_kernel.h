@@ -13,6 +13,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "api/decode_params.h"
+#include "kernels/common/phase_trace.cuh"
 #include "kernels/sm90/sm90_epilogue.h"
 #include "kernels/sm90/sm90_kernel_traits.h"
 #include "kernels/sm90/sm90_mainloop.h"
@@ -41,6 +42,19 @@ static_assert(kSharedStorageBytes<cutlass::bfloat16_t> <= kMaxSmemBytes, "shared
 static_assert(kSharedStorageBytes<cutlass::half_t> <= kMaxSmemBytes, "shared memory plan exceeds 227 KB");
 
 using NamedBarrier = cutlass::arch::NamedBarrier;
+
+#ifdef FLASHMLA_PHASE_TRACE
+// The main kernel's stamps (phase_trace.cuh); this header belongs to one translation unit.
+__device__ trace::Stamp g_main_stamps[trace::kMaxCtas * trace::kMainPhases];
+#endif
+
+__device__ __forceinline__ void stamp(trace::MainPhase phase) {
+#ifdef FLASHMLA_PHASE_TRACE
+  trace::record(g_main_stamps, trace::kMainPhases, phase);
+#else
+  (void)phase;
+#endif
+}
 
 __device__ __forceinline__ void wait_for_prior_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void allow_dependent_grids() {
@@ -83,6 +97,7 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
         for (int i = 0; i < kLatePieces; ++i) {
           load_k_piece(tma_k, full, stage_smem, late_piece(i), sched.kv_head, block, page.token_in_page);
         }
+        if (req == first_req && t == sched.begin_tile) stamp(trace::kMainFirstKIssued);
         k_state.advance();
       }
     }
@@ -143,6 +158,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
     clear(tOrO);
     softmax.reset(v.seqlen, p.s_q, p.q_heads_per_kv_head, p.causal, rows);
     if (v.has_tiles()) ArrivalBarrier::wait(&ss.barriers.q_full, q_phase);
+    if (tid == 0 && req == sched.first_request()) stamp(trace::kMainQLanded);
 
     for (int t = v.tile_begin; t < v.tile_end; ++t) {
       Element* stage_smem = ss.tensors.k[k_state.stage];
@@ -157,6 +173,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       }
 
       gemm_qk<Traits>(ss.tensors.q, stage_smem, full, k_state.phase, tSrS, tid);
+      if (tid == 0 && req == sched.first_request() && t == v.tile_begin) stamp(trace::kMainFirstScores);
       if (t + 1 == v.tile_end) ArrivalBarrier::arrive(&ss.barriers.q_empty);
 
       float rescale[kRowsPerThread];
@@ -192,6 +209,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       k_state.advance();
     }
     if (v.has_tiles()) q_phase ^= 1;
+    if (tid == 0 && req == sched.last_request()) stamp(trace::kMainLoopDone);
 
     float inv_sum[kRowsPerThread];
     float lse[kRowsPerThread];
@@ -205,6 +223,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
     p_phase ^= 1;
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
     store_lse(p, v, sched.m_tile, sched.kv_head, tOcO, lse, tid);
+    if (tid == 0 && req == sched.last_request()) stamp(trace::kMainSoftmaxStored);
   }
 }
 
@@ -262,6 +281,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
     ArrivalBarrier::arrive(&ss.barriers.p_empty);
     p_phase ^= 1;
     store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
+    if (tid == 0 && req == sched.last_request()) stamp(trace::kMainPvStored);
   }
 }
 
@@ -282,6 +302,7 @@ __global__ void __launch_bounds__(kNumThreads, 1)
 
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kThreadsPerWarpgroup, 0);
   if (threadIdx.x == 0) {
+    stamp(trace::kMainEntry);
     init_mainloop_barriers(ss.barriers, q_by_tma);
     cutlass::arch::fence_barrier_init();
     cute::prefetch_tma_descriptor(&tma_k);
@@ -290,6 +311,7 @@ __global__ void __launch_bounds__(kNumThreads, 1)
   __syncthreads();
   // Everything above overlaps the previous kernel's tail; nothing it wrote was read yet.
   wait_for_prior_grids();
+  if (threadIdx.x == 0) stamp(trace::kMainPriorGridsDone);
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
