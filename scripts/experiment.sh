@@ -2,12 +2,15 @@
 # One GPU call for a kernel change, in the order that fails cheapest: this tree built and checked
 # (scripts/gpu_check.sh steps build and smoke), the SM90 kernels' SASS and the launch shape of one
 # compute row kept for the log, the grid timed alternately against a base tree
-# (scripts/ab_bench.sh), then the C++ GPU tests. The base comes as a `git archive` tarball.
+# (scripts/ab_bench.sh), the C++ GPU tests, and last (step "trace", not in the default steps) the
+# per-phase trace of the small decodes for this tree and the base (scripts/phase_trace.sh). The
+# base comes as a `git archive` tarball.
 #
 # Usage: scripts/experiment.sh [BASE_TAR]   (default .deps/base.tar)
 # Environment: as for gpu_check.sh (FLASHMLA_DEPS_DIR, BUILD_DIR, FLASHMLA_LOG_DIR,
-# FLASHMLA_BENCH_ARGS), AB_REPS (2), EXPERIMENT_STEPS (default "check shape ab ctest"),
-# LAUNCH_ROW (flashmla_bench options of the row whose launch Nsight Compute reports).
+# FLASHMLA_BENCH_ARGS), AB_REPS (2), AB_GRID (the grid file; bench/grid_flashmla.txt),
+# EXPERIMENT_STEPS (default "check shape ab ctest"), LAUNCH_ROW (flashmla_bench options of the
+# row whose launch Nsight Compute reports).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE_TAR=$(realpath "${1:-.deps/base.tar}")
@@ -43,12 +46,22 @@ if step shape; then
 fi
 
 if step ab; then
-  bash scripts/ab_bench.sh "$base" bench/grid_flashmla.txt "${AB_REPS:-2}"
+  bash scripts/ab_bench.sh "$base" "${AB_GRID:-bench/grid_flashmla.txt}" "${AB_REPS:-2}"
   ((status |= $?))
 fi
 
 if step ctest; then
   FLASHMLA_GPU_STEPS="ctest" bash scripts/gpu_check.sh
   ((status |= $?))
+fi
+
+if step trace; then
+  FLASHMLA_GPU_STEPS="trace" bash scripts/gpu_check.sh
+  if [[ -f "$base/scripts/phase_trace.sh" ]]; then
+    # The base's own trace build; the floor graphs are the same code, so this tree's bench runs them.
+    (cd "$base" && bash scripts/phase_trace.sh "$OLDPWD/$BUILD_DIR" "$base/build-trace" "$LOG/trace_base" >/dev/null)
+  else
+    echo "the base has no scripts/phase_trace.sh: no base trace"
+  fi
 fi
 exit $status

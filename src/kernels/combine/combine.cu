@@ -119,6 +119,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
   const int row_end = min(row_begin + rows_per_cta, p.q_rows_per_kv_head);
   for (int row = row_begin; row < row_end; ++row) {
     const float lse_max = row_lse_max<kThreads>(p, slot_begin, slot_end, kv_head, row, warp_partials);
+    if (row == row_begin) stamp(trace::kCombineMaxKnown);
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float weight_sum = 0.0f;
     float lse = INFINITY;
@@ -175,7 +176,10 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
       }
       // group_o is rewritten for the next row only after every group has read it.
       __syncthreads();
+      if (row == row_begin) stamp(trace::kCombineSummed);
       if (group != 0) continue;
+    } else if (row == row_begin) {
+      stamp(trace::kCombineSummed);
     }
     if (lse_max != -INFINITY) {
       // The largest piece has weight 1, so weight_sum >= 1.
