@@ -264,12 +264,7 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool program
 
 #ifdef FLASHMLA_PHASE_TRACE
 cudaError_t combine_take_phase_trace(trace::Stamp* host_stamps) {
-  constexpr size_t kBytes = sizeof(g_combine_stamps);
-  cudaError_t err = cudaMemcpyFromSymbol(host_stamps, g_combine_stamps, kBytes);
-  if (err != cudaSuccess) return err;
-  void* table = nullptr;
-  err = cudaGetSymbolAddress(&table, g_combine_stamps);
-  return err == cudaSuccess ? cudaMemset(table, 0, kBytes) : err;
+  return trace::take_table(g_combine_stamps, host_stamps);
 }
 #endif
 

@@ -9,7 +9,12 @@
 // keeps one table per kernel; flashmla_bench --trace reads them after each traced replay.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#if defined(FLASHMLA_PHASE_TRACE) && defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
 
 namespace flashmla::trace {
 
@@ -45,6 +50,16 @@ struct Stamp {
 };
 
 #if defined(FLASHMLA_PHASE_TRACE) && defined(__CUDACC__)
+// Copies a kernel's stamp table to the host and clears it (synchronous).
+template <size_t N>
+inline cudaError_t take_table(const Stamp (&table)[N], Stamp* host_stamps) {
+  cudaError_t err = cudaMemcpyFromSymbol(host_stamps, table, sizeof(table));
+  if (err != cudaSuccess) return err;
+  void* device_table = nullptr;
+  err = cudaGetSymbolAddress(&device_table, table);
+  return err == cudaSuccess ? cudaMemset(device_table, 0, sizeof(table)) : err;
+}
+
 __device__ __forceinline__ void record(Stamp* table, int phases, int phase) {
   const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   if (cta >= static_cast<unsigned>(kMaxCtas)) return;

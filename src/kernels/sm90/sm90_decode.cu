@@ -145,12 +145,7 @@ cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtens
 
 #ifdef FLASHMLA_PHASE_TRACE
 cudaError_t sm90_take_phase_trace(trace::Stamp* host_stamps) {
-  constexpr size_t kBytes = sizeof(sm90::g_main_stamps);
-  cudaError_t err = cudaMemcpyFromSymbol(host_stamps, sm90::g_main_stamps, kBytes);
-  if (err != cudaSuccess) return err;
-  void* table = nullptr;
-  err = cudaGetSymbolAddress(&table, sm90::g_main_stamps);
-  return err == cudaSuccess ? cudaMemset(table, 0, kBytes) : err;
+  return trace::take_table(sm90::g_main_stamps, host_stamps);
 }
 #endif
 
