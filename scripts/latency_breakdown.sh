@@ -12,19 +12,9 @@ LOG=${2:?log dir}
 mkdir -p "$LOG"
 BENCH="$BUILD_DIR/bench/flashmla_bench"
 
-shapes=(
-  "--batch 1 --h-q 64 --s-k 64"                  # one CTA, one tile, direct write
-  "--batch 1 --h-q 128 --s-k 64"                 # two CTAs (two 64-row tiles), one tile each
-  "--batch 1 --h-q 128 --s-k 128 --sm-parts 2"   # two parts of one tile each: the combine merges 2 slots
-  "--batch 1 --h-q 128 --s-k 1024 --sm-parts 1"  # 16 tiles on one part, direct write
-  "--batch 1 --h-q 128 --s-k 4096 --sm-parts 1"  # 64 tiles on one part: the per-tile period of one CTA pair
-  "--batch 1 --h-q 128 --s-k 1024"               # the latency rows
-  "--batch 1 --h-q 128 --s-k 8192"
-  "--batch 1 --h-q 128 --s-k 65536"
-  "--batch 8 --h-q 128 --s-k 8192"
-)
+source "$(dirname "$0")/small_decode_shapes.sh"
 for flush in write read; do
-  for shape in "${shapes[@]}"; do
+  for shape in "${small_decode_shapes[@]}"; do
     # shellcheck disable=SC2086
     t=$("$BENCH" $shape --no-varlen --flush "$flush" --warmup-ms 300 2>>"$LOG/latency_breakdown.err" |
       awk '$1 == "custom" {print $10}')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the time of a small decode goes: builds flashmla_bench against a trace build of the library
 # (-DFLASHMLA_PHASE_TRACE=ON, kernels/common/phase_trace.cuh) in TRACE_BUILD_DIR, then runs the
-# shapes of scripts/latency_breakdown.sh with --trace, and the near-empty graphs of --floor from
+# shapes of scripts/small_decode_shapes.sh with --trace, and the near-empty graphs of --floor from
 # the regular build. Medians per phase, for bench/PERFORMANCE.md.
 # Usage: scripts/phase_trace.sh BUILD_DIR TRACE_BUILD_DIR LOG_DIR   (extra cmake arguments in
 # FLASHMLA_TRACE_CMAKE_ARGS, e.g. the GoogleTest source of an offline machine)
@@ -20,18 +20,8 @@ cmake -S . -B "$TRACE_DIR" -G Ninja -DFLASHMLA_PHASE_TRACE=ON -DFLASHMLA_BUILD_T
   cmake --build "$TRACE_DIR" --target flashmla_bench >"$LOG/trace_build.log" 2>&1 ||
   { echo "trace build failed"; tail -30 "$LOG/trace_build.log"; exit 1; }
 
-shapes=(
-  "--batch 1 --h-q 64 --s-k 64"                  # one CTA, one tile, direct write
-  "--batch 1 --h-q 128 --s-k 64"                 # two CTAs, one tile each
-  "--batch 1 --h-q 128 --s-k 128 --sm-parts 2"   # the combine merges 2 slots
-  "--batch 1 --h-q 128 --s-k 1024 --sm-parts 1"  # 16 tiles on one part, direct write
-  "--batch 1 --h-q 128 --s-k 1024"               # the latency rows
-  "--batch 1 --h-q 128 --s-k 8192"
-  "--batch 1 --h-q 128 --s-k 65536"
-  "--batch 8 --h-q 128 --s-k 8192"
-  "--batch 32 --h-q 128 --s-k 8192"
-)
-for shape in "${shapes[@]}"; do
+source "$(dirname "$0")/small_decode_shapes.sh"
+for shape in "${small_decode_shapes[@]}"; do
   echo "== $shape"
   # shellcheck disable=SC2086
   "$TRACE_DIR/bench/flashmla_bench" $shape --no-varlen --warmup-ms 300 --trace "$TRACE_RUNS" 2>&1 |
