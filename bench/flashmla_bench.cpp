@@ -160,9 +160,11 @@ Run:
   --backend auto|reference|sm90   kernel to time (auto)
   --iters N            timed runs; the median is reported (30)
   --warmup-ms MS       milliseconds of decode replays before timing each row (1000)
-  --flush write|read   how L2 is cleared before each timed run: memset a buffer of twice the
-                         L2 size, leaving dirty lines that the timed run writes back (write,
-                         the default), or read through one, leaving only clean lines
+  --flush write|read|none   how L2 is cleared before each timed run: memset a buffer of twice
+                         the L2 size, leaving dirty lines that the timed run writes back (write,
+                         the default), or read through one, leaving only clean lines; none (a
+                         diagnostic, not the method) leaves L2 and the translation caches as the
+                         previous replay left them
   --grid FILE          run every row of FILE instead of the single shape; one row per line:
                          case b s_q h_q s_k varlen causal flashmla_us   ('#' starts a comment;
                          varlen/causal: yes|no; flashmla_us: FlashMLA's time, or '-')
@@ -282,8 +284,10 @@ std::optional<Options> parse_args(int argc, char** argv) {
         o.flush = flashmla_bench::FlushMode::kWrite;
       else if (v == "read")
         o.flush = flashmla_bench::FlushMode::kRead;
+      else if (v == "none")
+        o.flush = flashmla_bench::FlushMode::kNone;
       else
-        fail("--flush: expected write|read, got '" + v + "'");
+        fail("--flush: expected write|read|none, got '" + v + "'");
     } else if (flag == "--backend") {
       const std::string v = next();
       if (v == "auto")
@@ -944,7 +948,7 @@ class Replayer {
     if (o_.flush == flashmla_bench::FlushMode::kWrite) {
       // A different byte each time so no run finds the flush buffer's lines already in L2 state.
       CUDA_CHECK(cudaMemsetAsync(flush_.get(), runs_ & 0xFF, flush_.bytes(), stream_));
-    } else {
+    } else if (o_.flush == flashmla_bench::FlushMode::kRead) {
       CUDA_CHECK(flashmla_bench::read_through(flush_.get(), flush_.bytes(), static_cast<uint32_t*>(sink_.get()),
                                                 stream_));
     }
@@ -1028,7 +1032,14 @@ const char* backend_name(flashmla_backend_t b) {
 }
 
 const char* flush_name(flashmla_bench::FlushMode m) {
-  return m == flashmla_bench::FlushMode::kRead ? "read" : "write";
+  switch (m) {
+    case flashmla_bench::FlushMode::kRead:
+      return "read";
+    case flashmla_bench::FlushMode::kNone:
+      return "none";
+    default:
+      return "write";
+  }
 }
 
 const char* dtype_name(ElemType t) { return t == ElemType::kBFloat16 ? "bf16" : "fp16"; }

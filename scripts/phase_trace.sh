@@ -4,7 +4,8 @@
 # shapes of scripts/small_decode_shapes.sh with --trace, and the near-empty graphs of --floor from
 # the regular build. Medians per phase, for bench/PERFORMANCE.md.
 # Usage: scripts/phase_trace.sh BUILD_DIR TRACE_BUILD_DIR LOG_DIR   (extra cmake arguments in
-# FLASHMLA_TRACE_CMAKE_ARGS, e.g. the GoogleTest source of an offline machine)
+# FLASHMLA_TRACE_CMAKE_ARGS, e.g. the GoogleTest source of an offline machine; extra flashmla_bench
+# options for the traced shapes in TRACE_BENCH_ARGS, e.g. "--flush none")
 set -uo pipefail
 BUILD_DIR=${1:?build dir}
 TRACE_DIR=${2:?trace build dir}
@@ -24,6 +25,6 @@ source "$(dirname "$0")/small_decode_shapes.sh"
 for shape in "${small_decode_shapes[@]}"; do
   echo "== $shape"
   # shellcheck disable=SC2086
-  "$TRACE_DIR/bench/flashmla_bench" $shape --no-varlen --warmup-ms 300 --trace "$TRACE_RUNS" 2>&1 |
+  "$TRACE_DIR/bench/flashmla_bench" $shape --no-varlen --warmup-ms 300 --trace "$TRACE_RUNS" ${TRACE_BENCH_ARGS:-} 2>&1 |
     grep -E '^(trace|custom)'
 done | tee "$LOG/trace.txt"

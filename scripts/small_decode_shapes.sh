@@ -3,6 +3,7 @@
 small_decode_shapes=(
   "--batch 1 --h-q 64 --s-k 64"                  # one CTA, one tile, direct write
   "--batch 1 --h-q 128 --s-k 64"                 # two CTAs (two 64-row tiles), one tile each
+  "--batch 2 --h-q 128 --s-k 64 --sm-parts 1"    # two visits per CTA: stamps are the second's, its code warm
   "--batch 1 --h-q 128 --s-k 128 --sm-parts 2"   # two parts of one tile each: the combine merges 2 slots
   "--batch 1 --h-q 128 --s-k 1024 --sm-parts 1"  # 16 tiles on one part, direct write
   "--batch 1 --h-q 128 --s-k 4096 --sm-parts 1"  # 64 tiles on one part: the per-tile period of one CTA pair
