@@ -2,9 +2,9 @@
 # One GPU call for several kernel variants against this checkout: each variant comes as a
 # `git archive` tarball. All variants and this checkout's bench are built at once, each variant
 # runs the smoke decode cases, then the grid is timed alternately this checkout / variant for each
-# (scripts/ab_bench.sh, run from the variant). Step "ctest" adds each variant's C++ tests, step
-# "trace" the phase trace of this checkout (scripts/phase_trace.sh) under each L2 flush mode of
-# TRACE_FLUSHES (default "write none").
+# (scripts/ab_bench.sh, run from the variant). Steps "ctest" and "pytest" add each variant's C++
+# and Python tests, step "trace" the phase trace of this checkout (scripts/phase_trace.sh) under
+# each L2 flush mode of TRACE_FLUSHES (default "write none").
 #
 # Usage: scripts/experiment_trees.sh TREE_TAR...
 # Environment: as for gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR, FLASHMLA_BENCH_ARGS),
@@ -44,10 +44,12 @@ for dir in "${trees[@]}"; do
     (cd "$dir" && FLASHMLA_LOG_DIR="$LOG/$name" bash scripts/ab_bench.sh "$BASE" "$GRID" "${AB_REPS:-2}" | grep -v '^ab ')
     ((status |= $?))
   fi
-  if step ctest; then
-    (cd "$dir" && FLASHMLA_LOG_DIR="$LOG/$name" FLASHMLA_GPU_STEPS=ctest bash scripts/gpu_check.sh | grep '^==')
-    ((status |= $?))
-  fi
+  for tests in ctest pytest; do
+    if step $tests; then
+      (cd "$dir" && FLASHMLA_LOG_DIR="$LOG/$name" FLASHMLA_GPU_STEPS=$tests bash scripts/gpu_check.sh | grep '^==')
+      ((status |= $?))
+    fi
+  done
 done
 
 if step trace; then
