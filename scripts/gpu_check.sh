@@ -6,7 +6,8 @@
 # ${FLASHMLA_LOG_DIR:-gpu_logs}. Steps: FLASHMLA_GPU_STEPS (default "build smoke ctest pytest bench sanitize"; "profile" adds
 # Nsight Compute per-kernel times of the latency rows; "breakdown" the fixed cost of small decodes in
 # parts (scripts/latency_breakdown.sh); "trace" the same from per-phase stamps of a trace build,
-# plus the floor of near-empty graphs (scripts/phase_trace.sh); "bench_fp16" and "bench_read" add the grid in
+# plus the floor of near-empty graphs (scripts/phase_trace.sh); "store_patterns" times the epilogue's store
+# patterns alone (bench/store_patterns.cu); "bench_fp16" and "bench_read" add the grid in
 # fp16 and in bf16 under the read flush). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +95,12 @@ fi
 
 if step trace; then
   scripts/phase_trace.sh "$BUILD_DIR" "$BUILD_DIR-trace" "$LOG/trace" | tee "$LOG/trace.txt"
+fi
+
+if step store_patterns; then
+  "$BUILD_DIR/bench/flashmla_store_patterns" >"$LOG/store_patterns.md" 2>&1
+  rc=$?; ((status |= rc)); summary "store patterns rc=$rc"
+  cat "$LOG/store_patterns.md"
 fi
 
 if step sanitize; then
