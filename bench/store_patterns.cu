@@ -41,15 +41,18 @@ constexpr int kCols = 2 * kColsPerConsumer;
 constexpr int kSmemBytes = 200 * 1024;  // one CTA per SM, as the decode's ~225 KB
 constexpr int kStageRowPadBytes = 16;   // shifts each staged row by 4 banks
 constexpr int kChunkBytes = 16;
+constexpr int kSwizzledRowBytes = 512;  // one round of the swizzled pattern: a warp's 32 chunks
 constexpr int kReplays = 200;
 
-enum class Pattern : int { kFragment = 0, kStaged, kCoalesced, kBulk };
-const char *pattern_name(Pattern p) {
+enum class Pattern : int { kFragment = 0, kStaged, kSwizzled, kCoalesced, kBulk };
+const char* pattern_name(Pattern p) {
   switch (p) {
     case Pattern::kFragment:
       return "fragment";
     case Pattern::kStaged:
       return "staged";
+    case Pattern::kSwizzled:
+      return "swizzled";
     case Pattern::kCoalesced:
       return "coalesced";
     case Pattern::kBulk:
@@ -91,7 +94,7 @@ struct PairType<8> {
 constexpr int kPairsPerRowHalf = kColsPerConsumer / 8;
 
 template <int kPairBytes, Pattern kPattern>
-__global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t *out, unsigned long long *issue_ns) {
+__global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t* out, unsigned long long* issue_ns) {
   using Pair = typename PairType<kPairBytes>::T;
   constexpr int kElemBytes = kPairBytes / 2;
   constexpr int kRowBytes = kCols * kElemBytes;                 // one row of out
@@ -105,8 +108,8 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t *out, unsign
   const int tid = threadIdx.x % kThreadsPerWarpgroup;
   const int warp = tid / 32;
   const int lane = tid % 32;
-  uint8_t *cta_out = out + static_cast<size_t>(blockIdx.x) * kRows * kRowBytes + consumer * kHalfRowBytes;
-  uint8_t *stage = smem + consumer * kRows * kStagePitch;
+  uint8_t* cta_out = out + static_cast<size_t>(blockIdx.x) * kRows * kRowBytes + consumer * kHalfRowBytes;
+  uint8_t* stage = smem + consumer * kRows * kStagePitch;
 
   // Values that depend on the thread, so that nothing folds into constants.
   Pair values[2 * kPairsPerRowHalf];
@@ -121,13 +124,39 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t *out, unsign
   asm volatile("bar.sync %0, %1;" ::"r"(1 + consumer), "r"(kThreadsPerWarpgroup));
   const unsigned long long start = global_ns();
 
-  if constexpr (kPattern == Pattern::kFragment) {
+  if constexpr (kPattern == Pattern::kSwizzled) {
+    constexpr int kRounds = kHalfRowBytes / kSwizzledRowBytes;
+    constexpr int kPairsPerRound = kPairsPerRowHalf / kRounds;
+    constexpr int kShift = kPairBytes == 8 ? 1 : 0;  // an fp32 quad covers two chunks
+#pragma unroll
+    for (int round = 0; round < kRounds; ++round) {
+      if (round > 0) asm volatile("bar.sync %0, %1;" ::"r"(1 + consumer), "r"(kThreadsPerWarpgroup));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * warp + lane / 4 + 8 * h;
+#pragma unroll
+        for (int jj = 0; jj < kPairsPerRound; ++jj) {
+          const int byte = (8 * jj + 2 * (lane % 4)) * kElemBytes;
+          const int chunk = (byte / kChunkBytes) ^ ((row << kShift) & 7);
+          *reinterpret_cast<Pair*>(stage + row * kSwizzledRowBytes + chunk * kChunkBytes + byte % kChunkBytes) =
+              values[h * kPairsPerRowHalf + round * kPairsPerRound + jj];
+        }
+      }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + consumer), "r"(kThreadsPerWarpgroup));
+#pragma unroll 4
+      for (int row = warp; row < kRows; row += kThreadsPerWarpgroup / 32) {
+        const int chunk = lane ^ ((row << kShift) & 7);
+        const uint4 v = *reinterpret_cast<const uint4*>(stage + row * kSwizzledRowBytes + chunk * kChunkBytes);
+        *reinterpret_cast<uint4*>(cta_out + row * kRowBytes + round * kSwizzledRowBytes + lane * kChunkBytes) = v;
+      }
+    }
+  } else if constexpr (kPattern == Pattern::kFragment) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = 16 * warp + lane / 4 + 8 * h;
 #pragma unroll
       for (int j = 0; j < kPairsPerRowHalf; ++j) {
-        *reinterpret_cast<Pair *>(cta_out + row * kRowBytes + (8 * j + 2 * (lane % 4)) * kElemBytes) =
+        *reinterpret_cast<Pair*>(cta_out + row * kRowBytes + (8 * j + 2 * (lane % 4)) * kElemBytes) =
             values[h * kPairsPerRowHalf + j];
       }
     }
@@ -138,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t *out, unsign
         const int row = 16 * warp + lane / 4 + 8 * h;
 #pragma unroll
         for (int j = 0; j < kPairsPerRowHalf; ++j) {
-          *reinterpret_cast<Pair *>(stage + row * kStagePitch + (8 * j + 2 * (lane % 4)) * kElemBytes) =
+          *reinterpret_cast<Pair*>(stage + row * kStagePitch + (8 * j + 2 * (lane % 4)) * kElemBytes) =
               values[h * kPairsPerRowHalf + j];
         }
       }
@@ -163,11 +192,11 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t *out, unsign
         const int off = (c % kChunksPerRow) * kChunkBytes;
         uint4 v;
         if constexpr (kPattern == Pattern::kStaged) {
-          v = *reinterpret_cast<const uint4 *>(stage + row * kStagePitch + off);
+          v = *reinterpret_cast<const uint4*>(stage + row * kStagePitch + off);
         } else {
           v = make_uint4(threadIdx.x, c, row, off);
         }
-        *reinterpret_cast<uint4 *>(cta_out + row * kRowBytes + off) = v;
+        *reinterpret_cast<uint4*>(cta_out + row * kRowBytes + off) = v;
       }
     }
   }
@@ -181,7 +210,7 @@ double median(std::vector<double> v) {
 }
 
 template <int kPairBytes, Pattern kPattern>
-void run_case(int ctas, uint8_t *out, unsigned long long *issue_dev, cudaStream_t stream) {
+void run_case(int ctas, uint8_t* out, unsigned long long* issue_dev, cudaStream_t stream) {
   auto kernel = store_kernel<kPairBytes, kPattern>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   std::vector<unsigned long long> issue(2 * ctas);
@@ -208,9 +237,10 @@ void run_case(int ctas, uint8_t *out, unsigned long long *issue_dev, cudaStream_
 }
 
 template <int kPairBytes>
-void run_dtype(int ctas, uint8_t *out, unsigned long long *issue_dev, cudaStream_t stream) {
+void run_dtype(int ctas, uint8_t* out, unsigned long long* issue_dev, cudaStream_t stream) {
   run_case<kPairBytes, Pattern::kFragment>(ctas, out, issue_dev, stream);
   run_case<kPairBytes, Pattern::kStaged>(ctas, out, issue_dev, stream);
+  run_case<kPairBytes, Pattern::kSwizzled>(ctas, out, issue_dev, stream);
   run_case<kPairBytes, Pattern::kCoalesced>(ctas, out, issue_dev, stream);
   run_case<kPairBytes, Pattern::kBulk>(ctas, out, issue_dev, stream);
 }
@@ -224,8 +254,8 @@ int main() {
   CHECK(cudaGetDeviceProperties(&prop, device));
   const int sms = prop.multiProcessorCount;
   constexpr size_t kMaxCtaBytes = size_t{kRows} * kCols * 4;
-  uint8_t *out = nullptr;
-  unsigned long long *issue_dev = nullptr;
+  uint8_t* out = nullptr;
+  unsigned long long* issue_dev = nullptr;
   CHECK(cudaMalloc(&out, kMaxCtaBytes * sms));
   CHECK(cudaMalloc(&issue_dev, 2 * sms * sizeof(unsigned long long)));
   cudaStream_t stream;
