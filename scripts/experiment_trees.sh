@@ -2,7 +2,7 @@
 # One GPU call for several kernel variants against this checkout: each variant comes as a
 # `git archive` tarball. All variants and this checkout's bench are built at once, each variant
 # runs the smoke decode cases, then the grid is timed alternately this checkout / variant for each
-# (scripts/ab_bench.sh, run from the variant). Steps "ctest", "pytest" and "sanitize" add each variant's C++
+# (scripts/ab_bench.sh, run from the variant). Steps "ctest", "sanitize" and "pytest" (run in that order) add each variant's C++
 # and Python tests, step "trace" the phase trace of this checkout (scripts/phase_trace.sh) under
 # each L2 flush mode of TRACE_FLUSHES (default "write none").
 #
@@ -44,7 +44,7 @@ for dir in "${trees[@]}"; do
     (cd "$dir" && FLASHMLA_LOG_DIR="$LOG/$name" bash scripts/ab_bench.sh "$BASE" "$GRID" "${AB_REPS:-2}" | grep -v '^ab ')
     ((status |= $?))
   fi
-  for tests in ctest pytest sanitize; do
+  for tests in ctest sanitize pytest; do
     if step $tests; then
       (cd "$dir" && FLASHMLA_LOG_DIR="$LOG/$name" FLASHMLA_GPU_STEPS=$tests bash scripts/gpu_check.sh | grep '^==')
       ((status |= $?))
