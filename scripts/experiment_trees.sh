@@ -2,9 +2,10 @@
 # One GPU call for several kernel variants against this checkout: each variant comes as a
 # `git archive` tarball. All variants and this checkout's bench are built at once, each variant
 # runs the smoke decode cases, then the grid is timed alternately this checkout / variant for each
-# (scripts/ab_bench.sh, run from the variant). Steps "ctest", "sanitize" and "pytest" (run in that order) add each variant's C++
-# and Python tests, step "trace" the phase trace of this checkout (scripts/phase_trace.sh) under
-# each L2 flush mode of TRACE_FLUSHES (default "write none").
+# (scripts/ab_bench.sh, run from the variant). Steps "ctest", "sanitize" and "pytest" (run in that
+# order, quickest first) add each variant's C++ tests, compute-sanitizer pass and Python tests;
+# step "trace" the phase trace of this checkout (scripts/phase_trace.sh) under each L2 flush mode
+# of TRACE_FLUSHES (default "write none").
 #
 # Usage: scripts/experiment_trees.sh TREE_TAR...
 # Environment: as for gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR, FLASHMLA_BENCH_ARGS),
