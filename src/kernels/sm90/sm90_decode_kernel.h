@@ -125,6 +125,36 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
 
 // ---- Consumer 0: S = QK^T, softmax, its O half -------------------------------------------------------
 
+// Writes this thread's probabilities into the 64 x 64 P tile (a 128-byte-swizzled piece starting
+// on a 1024-byte boundary). The thread holds columns 8j + 2q, 8j + 2q + 1 (j = 0..7) of rows r and
+// r + 8, value index 2h + 4j for row half h (CLayout_64x64). Byte (row, col) of the piece is
+// row * 128 + ((col / 8 ^ row % 8) * 16) + (col % 8) * 2; the terms occupy disjoint bits, so for
+// this thread it is (r * 128 + (r % 8) * 16 + 4q) ^ (j * 16), plus 1024 for row r + 8: one XOR per
+// pair. With the general formula ptxas kept 16 addresses live across the tile loop or, under
+// register pressure, recomputed them at ~6 instructions each per tile.
+template <class Element, class TensorS, class TensorC>
+__device__ __forceinline__ void store_p(Element* p_smem, const TensorS& tSrS, const TensorC& tScS) {
+  using namespace cute;
+  constexpr uint32_t kRowBytes = kPieceCols * kElementBytes;
+  constexpr uint32_t kChunkBytes = 16;
+  constexpr uint32_t kRowHalfBytes = 8 * kRowBytes;
+  constexpr int kColGroups = kBlockN / 8;
+  static_assert(decltype(size(tSrS))::value == kRowsPerThread * kColGroups * 2, "two values per row half and group");
+  const uint32_t row = get<0>(tScS(0));
+  const uint32_t col = get<1>(tScS(0));
+  const uint32_t base =
+      cute::cast_smem_ptr_to_uint(p_smem) + row * kRowBytes + (row % 8) * kChunkBytes + col * kElementBytes;
+#pragma unroll
+  for (int h = 0; h < kRowsPerThread; ++h) {
+#pragma unroll
+    for (int j = 0; j < kColGroups; ++j) {
+      const int i = 2 * h + 4 * j;
+      const uint32_t addr = (base ^ (j * kChunkBytes)) + h * kRowHalfBytes;
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(pack_pair<Element>(tSrS(i), tSrS(i + 1))) : "memory");
+    }
+  }
+}
+
 template <class Element>
 __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& ss) {
   using namespace cute;
@@ -181,13 +211,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
 
       // Consumer 1 is done with the previous P and factors (a fresh barrier passes parity 1).
       ArrivalBarrier::wait(&ss.barriers.p_empty, p_phase ^ 1);
-#pragma unroll
-      for (int i = 0; i < size(tSrS); i += 2) {
-        const int row = get<0>(tScS(i));
-        const int col = get<1>(tScS(i));
-        *reinterpret_cast<uint32_t*>(p_smem + swizzled_piece_offset(row, col)) =
-            pack_pair<Element>(tSrS(i), tSrS(i + 1));
-      }
+      store_p<Element>(p_smem, tSrS, tScS);
       if (tid % 4 == 0) {
 #pragma unroll
         for (int h = 0; h < kRowsPerThread; ++h) ss.exchange.row_factor[get<0>(tScS(2 * h))] = rescale[h];
@@ -204,8 +228,10 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
         for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
       }
       gemm_pv<Traits>(p_smem, stage_smem, tOrO, tid);
-      // QK^T and this P.V were the last readers of the early group (consumer 1 reads only the late one).
-      ArrivalBarrier::arrive(&ss.barriers.k_empty_early[k_state.stage]);
+      // QK^T and this P.V were the last readers of the early group (consumer 1 reads only the
+      // late one). A staged epilogue keeps the visit's last stage until its stores have read it.
+      if (t + 1 != v.tile_end || !stages_output(p, v))
+        ArrivalBarrier::arrive(&ss.barriers.k_empty_early[k_state.stage]);
       k_state.advance();
     }
     if (v.has_tiles()) q_phase ^= 1;
@@ -221,7 +247,14 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
     }
     ArrivalBarrier::arrive(&ss.barriers.p_full);
     p_phase ^= 1;
-    store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
+    if (stages_output(p, v)) {
+      const int last_stage = k_state.previous_stage();
+      store_o_half_staged<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum, ss.tensors.k[last_stage],
+                                   kBarrierSoftmaxWarpgroup, tid);
+      ArrivalBarrier::arrive(&ss.barriers.k_empty_early[last_stage]);
+    } else {
+      store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, 0, tOrO, tOcO, inv_sum);
+    }
     store_lse(p, v, sched.m_tile, sched.kv_head, tOcO, lse, tid);
     if (tid == 0 && req == sched.last_request()) stamp(trace::kMainSoftmaxStored);
   }
@@ -268,8 +301,8 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       }
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
       // Consumer 0's QK^T of this stage retired before it published P, so this P.V is the late
-      // group's last reader.
-      ArrivalBarrier::arrive(&ss.barriers.k_empty_late[k_state.stage]);
+      // group's last reader (or, for a staged epilogue's last tile, its stores are).
+      if (t + 1 != v.tile_end || !stages_output(p, v)) ArrivalBarrier::arrive(&ss.barriers.k_empty_late[k_state.stage]);
       ArrivalBarrier::arrive(&ss.barriers.p_empty);
       p_phase ^= 1;
       k_state.advance();
@@ -280,7 +313,14 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
     for (int h = 0; h < kRowsPerThread; ++h) inv_sum[h] = ss.exchange.row_factor[rows_in_tile[h]];
     ArrivalBarrier::arrive(&ss.barriers.p_empty);
     p_phase ^= 1;
-    store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
+    if (stages_output(p, v)) {
+      const int last_stage = k_state.previous_stage();
+      store_o_half_staged<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum,
+                                   ss.tensors.k[last_stage] + kVHalfOffset, kBarrierPvWarpgroup, tid);
+      ArrivalBarrier::arrive(&ss.barriers.k_empty_late[last_stage]);
+    } else {
+      store_o_half<Element>(p, v, sched.m_tile, sched.kv_head, kHeadDimVPerConsumer, tOrO, tOcO, inv_sum);
+    }
     if (tid == 0 && req == sched.last_request()) stamp(trace::kMainPvStored);
   }
 }

@@ -70,6 +70,8 @@ enum NamedBarrierId : uint32_t {
   // Consumer 0's own warps: P and zeroed V rows written by its other warps are visible before its
   // wgmma reads them.
   kBarrierSoftmaxWarpgroup = 0,
+  // Consumer 1's own warps: its staged output rows are complete before they are stored.
+  kBarrierPvWarpgroup = 1,
 };
 
 // The largest dynamic shared memory a Hopper CTA may opt into (227 KB).

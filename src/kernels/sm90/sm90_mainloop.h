@@ -57,6 +57,8 @@ struct PipelineState {
       phase ^= 1;
     }
   }
+  // The stage before the current one: the last one used, once a visit with tiles has advanced.
+  __device__ int previous_stage() const { return stage == 0 ? kStages - 1 : stage - 1; }
 };
 
 using TransactionBarrier = cutlass::arch::ClusterTransactionBarrier;
