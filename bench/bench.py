@@ -12,7 +12,9 @@ drawn length; causal rows are charged full FLOPs.
 Peers are timed when importable and skipped (with the reason) when not; a peer whose output
 differs from ours is reported as skipped, never timed, so a misconfigured adapter can't pass as
 a number:
-  flash_mla    the original FlashMLA package (same call signature as ours)
+  flash_mla    FlashMLA: deepseek-ai's package (same call signature as ours), or SGLang's wheel
+               of it (pip install sgl-flash-mla), whose SM90 dense decode sits behind
+               use_legacy=True and plans on its first call
   flashinfer   FlashInfer's BatchMLAPagedAttentionWrapper (h_kv = 1 only)
 
     python bench/bench.py                                   # DeepSeek-V3 decode shape
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import inspect
 import json
 import math
 import statistics
@@ -237,13 +240,15 @@ def adapter_flashmla_like(module_name: str, **extra_kwargs):
         except ImportError as e:
             raise Skip(f"not importable ({e})")
         s = p.shape
+        kwargs = dict(extra_kwargs)
+        if "use_legacy" in inspect.signature(mod.flash_mla_with_kvcache).parameters:
+            kwargs["use_legacy"] = True  # the dense SM90 kernel, in the SGLang wheel's API
         metadata, num_splits = mod.get_mla_metadata(p.lengths, s.s_q * s.h_q // s.h_kv, s.h_kv)
 
         def run():
             return mod.flash_mla_with_kvcache(p.q, p.k_cache, p.block_table, p.lengths,
                                               HEAD_DIM_V, metadata, num_splits,
-                                              softmax_scale=p.scale, causal=s.causal,
-                                              **extra_kwargs)
+                                              softmax_scale=p.scale, causal=s.causal, **kwargs)
         return run
     return make
 

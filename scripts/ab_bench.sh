@@ -7,7 +7,8 @@
 #
 # Usage: scripts/ab_bench.sh BASE_SRC_DIR [GRID_FILE] [REPS]
 # Environment: BUILD_DIR (build-gpu), FLASHMLA_LOG_DIR (gpu_logs), FLASHMLA_BENCH_ARGS (extra
-# flashmla_bench options, e.g. --warmup-ms 300), CUTLASS_DIR / DLPACK_ROOT as for the main build.
+# flashmla_bench options, e.g. --warmup-ms 300), CUTLASS_DIR / DLPACK_ROOT as for the main build,
+# AB_BASE_BENCH (a flashmla_bench already built from the base tree: skips the base build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE=$(realpath "$1")
@@ -17,17 +18,20 @@ BUILD_DIR=${BUILD_DIR:-build-gpu}
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
 mkdir -p "$LOG"
 
-source scripts/offline_deps.sh
-cmake -S "$BASE" -B "$BASE/build-ab" -G Ninja -DFLASHMLA_BUILD_TESTS=OFF >"$LOG/ab_base_configure.log" 2>&1 &&
-  cmake --build "$BASE/build-ab" --target flashmla_bench >"$LOG/ab_base_build.log" 2>&1 ||
-  { echo "base build failed"; tail -30 "$LOG/ab_base_build.log"; exit 1; }
+BASE_BENCH=${AB_BASE_BENCH:-$BASE/build-ab/bench/flashmla_bench}
+if [[ -z "${AB_BASE_BENCH:-}" ]]; then
+  source scripts/offline_deps.sh
+  cmake -S "$BASE" -B "$BASE/build-ab" -G Ninja -DFLASHMLA_BUILD_TESTS=OFF >"$LOG/ab_base_configure.log" 2>&1 &&
+    cmake --build "$BASE/build-ab" --target flashmla_bench >"$LOG/ab_base_build.log" 2>&1 ||
+    { echo "base build failed"; tail -30 "$LOG/ab_base_build.log"; exit 1; }
+fi
 # AB_BUILD_ONLY=1: build the base's bench and stop (scripts/experiment.sh builds it beside this tree).
 [[ "${AB_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 status=0
 for rep in $(seq 1 "$REPS"); do
   for side in base tree; do
-    if [[ $side == base ]]; then bench="$BASE/build-ab/bench/flashmla_bench"; else bench="$BUILD_DIR/bench/flashmla_bench"; fi
+    if [[ $side == base ]]; then bench="$BASE_BENCH"; else bench="$BUILD_DIR/bench/flashmla_bench"; fi
     "$bench" --grid "$GRID" --json "$LOG/ab_${side}_rep$rep.json" ${FLASHMLA_BENCH_ARGS:-} \
       >"$LOG/ab_${side}_rep$rep.txt" 2>&1
     rc=$?; ((status |= rc))
