@@ -482,7 +482,7 @@ def main(argv=None) -> int:
                 warm_clocks(args.warmup_ms, device)
                 pmed, pbest, pmode = time_kernel(run_peer, args.iters, flush)
                 row["peers"][name] = {"median_us": pmed, "min_us": pbest, "timing": pmode,
-                                      "out_rel_l2_vs_ours": diff}
+                                      "out_rel_l2_vs_ours": diff, "sm_clock_mhz": nvml.sm_clock()}
             except Skip as e:
                 row["peers"][name] = {"skipped": str(e)}
             except Exception as e:  # noqa: BLE001 -- a peer's failure must not stop the run
@@ -491,7 +491,8 @@ def main(argv=None) -> int:
 
         theirs = f"{s.flashmla_us:.1f} ({s.flashmla_us / med:.2f}x)" if s.flashmla_us else "-"
         peer_text = "; ".join(
-            f"{n} {v['median_us']:.1f} us" if "median_us" in v else f"{n} skipped: {v['skipped']}"
+            f"{n} {v['median_us']:.1f} us (clock {v['sm_clock_mhz'] or 'n/a'})" if "median_us" in v
+            else f"{n} skipped: {v['skipped']}"
             for n, v in row["peers"].items())
         check_text = "" if check is None else (
             f" check {check['out_rel_l2']:.1e}/{check['lse_max_abs']:.1e} "

@@ -9,9 +9,9 @@
 # plus the floor of near-empty graphs (scripts/phase_trace.sh); "store_patterns" times the epilogue's store
 # patterns alone (bench/store_patterns.cu); "bench_fp16" and "bench_read" add the grid in
 # fp16 and in bf16 under the read flush; "peers" times the grid with bench/bench.py beside the peer
-# kernels it can import, row by row in the same sitting, after installing the wheels of
-# FLASHMLA_PEER_WHEELS (default: sgl_flash_mla-*.whl in FLASHMLA_DEPS_DIR) without their
-# dependencies). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
+# kernels it can import (install_peer_wheels in offline_deps.sh), row by row in the same sitting;
+# "profile_peers" reads Nsight Compute's sections of our main kernel and FlashMLA's on compute rows
+# (scripts/profile_peers.sh)). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
@@ -89,14 +89,15 @@ step bench_fp16 && extra_grid fp16 --dtype fp16
 step bench_read && extra_grid read --flush read
 
 if step peers; then
-  peer_site=$(mktemp -d)
-  for wheel in ${FLASHMLA_PEER_WHEELS:-${FLASHMLA_DEPS_DIR:-.}/sgl_flash_mla-*.whl}; do
-    [[ -f "$wheel" ]] && python3 -m pip install -q --no-index --no-deps --target "$peer_site" "$wheel"
-  done
+  peer_site=$(install_peer_wheels)
   PYTHONPATH="$PWD/$BUILD_DIR/python:$peer_site" python3 bench/bench.py --grid bench/grid_flashmla.txt \
     --json "$LOG/bench_peers.json" ${FLASHMLA_BENCH_ARGS:-} >"$LOG/bench_peers.txt" 2>&1
   rc=$?; ((status |= rc)); summary "bench peers rc=$rc"
   cat "$LOG/bench_peers.txt"
+fi
+
+if step profile_peers; then
+  scripts/profile_peers.sh "$BUILD_DIR" "$LOG/profile_peers" | tee "$LOG/profile_peers.txt"
 fi
 
 if step profile; then

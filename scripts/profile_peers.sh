@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Nsight Compute's view of our main kernel and of FlashMLA's on the same rows, for the performance
+# log: one launch of each (the correctness call bench/bench.py makes before timing), with the
+# sections that say where the cycles go (tensor pipe, memory, issue, warp stalls). Clocks are not
+# locked, so compare cycles, not µs. Needs the flash_mla peer importable (install_peer_wheels).
+# Usage: scripts/profile_peers.sh BUILD_DIR LOG_DIR [shape flags of bench.py ...]
+#        (default: the compute rows s_q=1 and s_q=2 at s_k=8192)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${1:?build dir}
+LOG=$(realpath -m "${2:?log dir}")
+shift 2
+mkdir -p "$LOG"
+source scripts/offline_deps.sh
+export PYTHONPATH="$PWD/$BUILD_DIR/python:$(install_peer_wheels)"
+SECTIONS=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+          --section SchedulerStats --section WarpStateStats --section LaunchStats)
+declare -A KERNEL=([ours]='regex:sm90_decode_kernel' [flash_mla]='regex:flash_fwd_splitkv_mla_kernel')
+
+shapes=("$@")
+((${#shapes[@]} == 0)) && shapes=("--s-q 1 --s-k 8192" "--s-q 2 --s-k 8192")
+for shape in "${shapes[@]}"; do
+  name=$(echo "$shape" | tr -d '-' | tr ' ' '_')
+  for who in ours flash_mla; do
+    peers=$([[ $who == ours ]] && echo "" || echo flash_mla)
+    # shellcheck disable=SC2086
+    ncu --clock-control none -k "${KERNEL[$who]}" -c 1 "${SECTIONS[@]}" \
+      python3 bench/bench.py $shape --peers "$peers" --iters 1 --warmup-ms 0 >"$LOG/${who}_$name.txt" 2>&1
+    echo "== $who, $shape"
+    grep -E "^\s+(Duration|Elapsed Cycles|SM Frequency|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Registers Per Thread|Block Size|Grid Size|Dynamic Shared Memory Per Block|Threads)\b" \
+      "$LOG/${who}_$name.txt" | head -20
+    grep -E "Pipe Tensor Cycles Active|Pipe Shared Cycles Active" "$LOG/${who}_$name.txt" | head -2
+  done
+done
