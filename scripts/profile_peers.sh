@@ -14,7 +14,9 @@ mkdir -p "$LOG"
 source scripts/offline_deps.sh
 export PYTHONPATH="$PWD/$BUILD_DIR/python:$(install_peer_wheels)"
 SECTIONS=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
-          --section SchedulerStats --section WarpStateStats --section LaunchStats)
+          --section MemoryWorkloadAnalysis_Tables --section SchedulerStats --section WarpStateStats
+          --section LaunchStats --print-details all
+          --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_op_read.sum,lts__t_sectors_op_write.sum,smsp__inst_executed.sum)
 declare -A KERNEL=([ours]='regex:sm90_decode_kernel' [flash_mla]='regex:flash_fwd_splitkv_mla_kernel')
 
 shapes=("$@")
@@ -29,6 +31,7 @@ for shape in "${shapes[@]}"; do
     echo "== $who, $shape"
     grep -E "^\s+(Duration|Elapsed Cycles|SM Frequency|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Registers Per Thread|Block Size|Grid Size|Dynamic Shared Memory Per Block|Threads)\b" \
       "$LOG/${who}_$name.txt" | head -20
-    grep -E "Pipe Tensor Cycles Active|Pipe Shared Cycles Active" "$LOG/${who}_$name.txt" | head -2
+    grep -E "Pipe Tensor Cycles Active|Pipe Shared Cycles Active|dram__bytes|lts__t_sectors_op|smsp__inst_executed.sum" \
+      "$LOG/${who}_$name.txt" | head -8
   done
 done
