@@ -11,7 +11,9 @@
 // once. For a small batch each CTA takes one row, so that a single long request split into ~one
 // piece per SM is merged by ~one CTA per row rather than by a few CTAs walking rows in turn; the
 // slot loop is unrolled and split across slot groups so that a row's partials are requested in a
-// few rounds rather than one dependent round per batch.
+// few rounds rather than one dependent round per batch. For a large batch (one group of threads)
+// the CTA's rows, which belong to one request and so have the same pieces, are loaded several rows
+// at a time when their pieces fit one batch (combine_rows_batched).
 #include "kernels/combine/combine.h"
 
 #include <cuda_bf16.h>
@@ -86,6 +88,98 @@ __device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t 
   return result;
 }
 
+// Adds one piece to a row's running sums. A piece that saw no key has lse -inf and an o that may
+// be NaN: it must not reach the sums at all (selects, not branches, keep a batch together).
+__device__ __forceinline__ void add_piece(float4& o, float& weight_sum, float piece_lse, const float4& piece,
+                                          float lse_max) {
+  const bool saw_keys = piece_lse != -INFINITY;
+  const float w = saw_keys ? expf(piece_lse - lse_max) : 0.0f;
+  o.x = saw_keys ? fmaf(w, piece.x, o.x) : o.x;
+  o.y = saw_keys ? fmaf(w, piece.y, o.y) : o.y;
+  o.z = saw_keys ? fmaf(w, piece.z, o.z) : o.z;
+  o.w = saw_keys ? fmaf(w, piece.w, o.w) : o.w;
+  weight_sum += w;
+}
+
+// Normalises a row's sums and stores this thread's four columns of out, and (thread 0) the lse.
+template <typename T>
+__device__ __forceinline__ void store_row(const DecodeParams& p, int req, int kv_head, int row, int col0, float4 o,
+                                          float weight_sum, float lse_max) {
+  float lse = INFINITY;
+  if (lse_max != -INFINITY) {
+    // The largest piece has weight 1, so weight_sum >= 1.
+    const float inv = 1.0f / weight_sum;
+    o.x *= inv;
+    o.y *= inv;
+    o.z *= inv;
+    o.w *= inv;
+    lse = lse_max + logf(weight_sum);
+  }
+  const int s = row / p.q_heads_per_kv_head;
+  const int head = kv_head * p.q_heads_per_kv_head + row % p.q_heads_per_kv_head;
+  // Scalar stores: out's strides need not keep 4 elements aligned.
+  uint16_t* out = static_cast<uint16_t*>(p.out) + static_cast<int64_t>(req) * p.o_batch_stride +
+                  static_cast<int64_t>(s) * p.o_seq_stride + static_cast<int64_t>(head) * p.o_head_stride + col0;
+  out[0] = from_float<T>(o.x);
+  out[1] = from_float<T>(o.y);
+  out[2] = from_float<T>(o.z);
+  out[3] = from_float<T>(o.w);
+  if (threadIdx.x == 0) {
+    p.lse[static_cast<int64_t>(req) * p.lse_batch_stride + static_cast<int64_t>(head) * p.lse_head_stride +
+          static_cast<int64_t>(s) * p.lse_seq_stride] = lse;
+  }
+}
+
+// The rows of a request split into at most kSlotUnroll pieces, with one group of threads: the
+// pieces of as many whole rows as fit kSlotUnroll are loaded together, and each thread takes a
+// row's lse maximum from the values it loaded itself. A batch of rows then costs one dependent
+// round of loads, where the per-row path pays two per row (the maximum, then the pieces) and two
+// CTA barriers; large batches, whose CTAs walk up to kMaxRowsPerCta rows of 2-3 pieces each, were
+// bound by those rounds. Pieces are summed in slot order with the same operations as the per-row
+// path, so the bits are the same.
+template <typename T>
+__device__ void combine_rows_batched(const DecodeParams& p, int req, int kv_head, int64_t slot_begin, int num_pieces,
+                                     int row_begin, int row_end, int col0) {
+  const int rows_per_batch = kSlotUnroll / num_pieces;
+  for (int row0 = row_begin; row0 < row_end; row0 += rows_per_batch) {
+    const int rows_here = min(rows_per_batch, row_end - row0);
+    float piece_lse[kSlotUnroll];
+    float4 piece[kSlotUnroll];
+    int piece_row[kSlotUnroll];  // row within the batch; rows_here for an unused entry
+    int row = 0;
+    int slot = 0;
+#pragma unroll
+    for (int j = 0; j < kSlotUnroll; ++j) {
+      piece_row[j] = row;
+      piece_lse[j] = -INFINITY;
+      piece[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (row < rows_here) {
+        const int64_t partial_row = partial_row_index(p, slot_begin + slot, kv_head, row0 + row);
+        piece_lse[j] = p.lse_accum[partial_row];
+        piece[j] = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
+      }
+      if (++slot == num_pieces) {
+        slot = 0;
+        ++row;
+      }
+    }
+    for (int r = 0; r < rows_here; ++r) {
+      float lse_max = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kSlotUnroll; ++j) lse_max = piece_row[j] == r ? fmaxf(lse_max, piece_lse[j]) : lse_max;
+      float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      float weight_sum = 0.0f;
+      if (lse_max != -INFINITY) {
+#pragma unroll
+        for (int j = 0; j < kSlotUnroll; ++j) {
+          if (piece_row[j] == r) add_piece(o, weight_sum, piece_lse[j], piece[j], lse_max);
+        }
+      }
+      store_row<T>(p, req, kv_head, row0 + r, col0, o, weight_sum, lse_max);
+    }
+  }
+}
+
 template <typename T, int kSlotGroups>
 __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     combine_kernel(const DecodeParams p, int rows_per_cta) {
@@ -117,12 +211,19 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
   const int group = threadIdx.x / kColumnThreads;
   const int col0 = column_thread * kColsPerThread;
   const int row_end = min(row_begin + rows_per_cta, p.q_rows_per_kv_head);
+  if constexpr (kSlotGroups == 1) {
+    const int64_t num_pieces = slot_end - slot_begin;
+    if (num_pieces <= kSlotUnroll) {
+      combine_rows_batched<T>(p, req, kv_head, slot_begin, static_cast<int>(num_pieces), row_begin, row_end, col0);
+      stamp(trace::kCombineExit);
+      return;
+    }
+  }
   for (int row = row_begin; row < row_end; ++row) {
     const float lse_max = row_lse_max<kThreads>(p, slot_begin, slot_end, kv_head, row, warp_partials);
     if (row == row_begin) stamp(trace::kCombineMaxKnown);
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float weight_sum = 0.0f;
-    float lse = INFINITY;
     if (lse_max != -INFINITY) {
       for (int64_t base = slot_begin + group * kSlotUnroll; base < slot_end;
            base += kSlotGroups * kSlotUnroll) {
@@ -141,17 +242,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
           }
         }
 #pragma unroll
-        for (int j = 0; j < kSlotUnroll; ++j) {
-          // A piece that saw no key has lse -inf and an o that may be NaN: it must not reach the
-          // sums at all (selects, not branches, keep the batch together).
-          const bool saw_keys = piece_lse[j] != -INFINITY;
-          const float w = saw_keys ? expf(piece_lse[j] - lse_max) : 0.0f;
-          o.x = saw_keys ? fmaf(w, piece[j].x, o.x) : o.x;
-          o.y = saw_keys ? fmaf(w, piece[j].y, o.y) : o.y;
-          o.z = saw_keys ? fmaf(w, piece[j].z, o.z) : o.z;
-          o.w = saw_keys ? fmaf(w, piece[j].w, o.w) : o.w;
-          weight_sum += w;
-        }
+        for (int j = 0; j < kSlotUnroll; ++j) add_piece(o, weight_sum, piece_lse[j], piece[j], lse_max);
       }
       if constexpr (kSlotGroups > 1) {
         group_o[group][column_thread] = o;
@@ -181,31 +272,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     } else if (row == row_begin) {
       stamp(trace::kCombineSummed);
     }
-    if (lse_max != -INFINITY) {
-      // The largest piece has weight 1, so weight_sum >= 1.
-      const float inv = 1.0f / weight_sum;
-      o.x *= inv;
-      o.y *= inv;
-      o.z *= inv;
-      o.w *= inv;
-      lse = lse_max + logf(weight_sum);
-    }
-
-    const int s = row / p.q_heads_per_kv_head;
-    const int head = kv_head * p.q_heads_per_kv_head + row % p.q_heads_per_kv_head;
-    // Scalar stores: out's strides need not keep 4 elements aligned.
-    uint16_t* out = static_cast<uint16_t*>(p.out) + static_cast<int64_t>(req) * p.o_batch_stride +
-                    static_cast<int64_t>(s) * p.o_seq_stride +
-                    static_cast<int64_t>(head) * p.o_head_stride + col0;
-    out[0] = from_float<T>(o.x);
-    out[1] = from_float<T>(o.y);
-    out[2] = from_float<T>(o.z);
-    out[3] = from_float<T>(o.w);
-    if (threadIdx.x == 0) {
-      p.lse[static_cast<int64_t>(req) * p.lse_batch_stride +
-            static_cast<int64_t>(head) * p.lse_head_stride +
-            static_cast<int64_t>(s) * p.lse_seq_stride] = lse;
-    }
+    store_row<T>(p, req, kv_head, row, col0, o, weight_sum, lse_max);
   }
   stamp(trace::kCombineExit);
 }
