@@ -51,21 +51,16 @@ struct TileScheduler {
   __device__ int first_request() const { return begin_req; }
   __device__ int last_request() const { return end_req; }
 
-  // The tiles [tile_begin, tile_end) of `request` (of length `seqlen`) that this part visits.
-  __device__ void tile_range(int request, int seqlen, int& tile_begin, int& tile_end) const {
-    const int num_tiles = (seqlen + kBlockN - 1) / kBlockN;
-    tile_begin = request == begin_req ? begin_tile : 0;
-    tile_end = request == end_req ? end_tile : num_tiles;
-    // Defensive: a tile past the request's last one would read an unmapped block-table entry.
-    tile_end = tile_end < num_tiles ? tile_end : num_tiles;
-    tile_begin = tile_begin < tile_end ? tile_begin : tile_end;
-  }
-
   __device__ Visit visit(const DecodeParams& p, int request) const {
     Visit v;
     v.request = request;
     v.seqlen = p.seqlens[request];
-    tile_range(request, v.seqlen, v.tile_begin, v.tile_end);
+    const int num_tiles = (v.seqlen + kBlockN - 1) / kBlockN;
+    v.tile_begin = request == begin_req ? begin_tile : 0;
+    v.tile_end = request == end_req ? end_tile : num_tiles;
+    // Defensive: a tile past the request's last one would read an unmapped block-table entry.
+    v.tile_end = v.tile_end < num_tiles ? v.tile_end : num_tiles;
+    v.tile_begin = v.tile_begin < v.tile_end ? v.tile_begin : v.tile_end;
     const int first_slot = p.num_splits[request];
     const int num_pieces = p.num_splits[request + 1] - first_slot;
     if (num_pieces <= 1) {
