@@ -115,6 +115,19 @@ TEST(SchedulerHost, SingleLongRequestIsSplitAcrossParts) {
   EXPECT_GT(plan.num_splits[1], 32) << "one long request should use most parts";
 }
 
+// The premise of tests/test_decode.py's large-batch special case (b=32, one 16384-token request):
+// on an H100's 66 parts it is split into more pieces than the combine loads in one batch (8).
+TEST(SchedulerHost, LongRequestInLargeBatchIsSplitBeyondOneCombineBatch) {
+  std::vector<int32_t> seqlens(20, 64);
+  seqlens.push_back(16384);
+  seqlens.insert(seqlens.end(), 11, 200);
+  const int parts = 66;
+  const Plan plan = plan_on_host(seqlens, parts);
+  expect_valid_plan(seqlens, parts, plan);
+  constexpr int kLongRequest = 20;
+  EXPECT_GT(plan.num_splits[kLongRequest + 1] - plan.num_splits[kLongRequest], 8);
+}
+
 TEST(SchedulerHost, ZeroLengthRequestsAreVisitedOnce) {
   const std::vector<int32_t> seqlens = {0, 0, 100, 0, 5000, 0};
   for (int parts : {1, 2, 7, 132}) {

@@ -175,6 +175,9 @@ SPECIAL_CASES = [
     # One long request split across many SMs, and many short ones.
     DecodeCase(1, 1, 65536, 128, 1, False, False, "bfloat16", seed=9),
     DecodeCase(128, 1, 64, 16, 1, True, False, "bfloat16", seed=10),
+    # A batch large enough that each combine CTA walks several rows, with one request split into
+    # more pieces than the combine loads in one batch (its per-row path) beside unsplit ones.
+    DecodeCase(32, 1, 0, 128, 1, False, False, "bfloat16", lengths=(64,) * 20 + (16384,) + (200,) * 11),
 ]
 
 

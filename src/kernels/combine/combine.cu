@@ -12,8 +12,9 @@
 // piece per SM is merged by ~one CTA per row rather than by a few CTAs walking rows in turn; the
 // slot loop is unrolled and split across slot groups so that a row's partials are requested in a
 // few rounds rather than one dependent round per batch. For a large batch (one group of threads)
-// the CTA's rows, which belong to one request and so have the same pieces, are loaded several rows
-// at a time when their pieces fit one batch (combine_rows_batched).
+// whose CTAs take several rows each, the CTA's rows, which belong to one request and so have the
+// same pieces, are loaded several rows at a time when their pieces fit one batch
+// (combine_rows_batched, in its own instantiation: see launch()).
 #include "kernels/combine/combine.h"
 
 #include <cuda_bf16.h>
@@ -180,9 +181,10 @@ __device__ void combine_rows_batched(const DecodeParams& p, int req, int kv_head
   }
 }
 
-template <typename T, int kSlotGroups>
+template <typename T, int kSlotGroups, bool kBatchRows>
 __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     combine_kernel(const DecodeParams p, int rows_per_cta) {
+  static_assert(!kBatchRows || kSlotGroups == 1, "rows are batched only by a one-group CTA");
   constexpr int kThreads = kColumnThreads * kSlotGroups;
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
   const int group = threadIdx.x / kColumnThreads;
   const int col0 = column_thread * kColsPerThread;
   const int row_end = min(row_begin + rows_per_cta, p.q_rows_per_kv_head);
-  if constexpr (kSlotGroups == 1) {
+  if constexpr (kBatchRows) {
     const int64_t num_pieces = slot_end - slot_begin;
     if (num_pieces <= kSlotUnroll) {
       combine_rows_batched<T>(p, req, kv_head, slot_begin, static_cast<int>(num_pieces), row_begin, row_end, col0);
@@ -282,10 +284,10 @@ int rows_per_cta_for(const DecodeParams& params) {
   return static_cast<int>(std::clamp<int64_t>(rows / kTargetCtas, 1, kMaxRowsPerCta));
 }
 
-template <typename T, int kSlotGroups>
+template <typename T, int kSlotGroups, bool kBatchRows = false>
 cudaError_t launch_with(const DecodeParams& params, cudaStream_t stream, bool programmatic_dependent_launch,
                         dim3 grid, int rows_per_cta) {
-  const auto kernel = combine_kernel<T, kSlotGroups>;
+  const auto kernel = combine_kernel<T, kSlotGroups, kBatchRows>;
   // The dependency wait exists only in code built for sm_90+; code JIT-compiled from older PTX
   // would read the partials unsynchronised, so it is launched in plain stream order instead.
   if (programmatic_dependent_launch) {
@@ -323,6 +325,12 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool program
   }
   if (ctas <= int64_t{kCtasPerSmWithManyGroups} * sm_count) {
     return launch_with<T, kManySlotGroups>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
+  }
+  // Batching rows pays only where a CTA walks several rows, and its code takes the kernel from 56
+  // to 96 registers; a grid of one row per CTA (b=8, h_q=128: 1024 CTAs) keeps the lean kernel,
+  // which stays resident in one wave at nine CTAs per SM where the batched one fits five.
+  if (rows_per_cta > 1) {
+    return launch_with<T, 1, true>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
   }
   return launch_with<T, 1>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
 }
