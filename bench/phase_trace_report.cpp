@@ -20,8 +20,8 @@ constexpr double kNsPerUs = 1000.0;
 const char* const kMainNames[trace::kMainPhases] = {
     "entry", "prior_grids_done", "first_k_issued", "q_landed", "first_scores", "loop_done", "softmax_stored",
     "pv_stored"};
-const char* const kCombineNames[trace::kCombinePhases] = {"entry", "prior_grids_done", "max_known", "summed",
-                                                          "exit"};
+const char* const kCombineNames[trace::kCombinePhases] = {"entry", "prior_grids_done", "first_batch_loaded",
+                                                          "summed", "exit"};
 
 double median(std::vector<double> v) {
   if (v.empty()) return std::numeric_limits<double>::quiet_NaN();

@@ -4,17 +4,19 @@
 //   out = sum_i w_i o_i / sum_i w_i,  lse = lse_max + log(sum_i w_i).
 // Pieces whose lse is -inf saw no key (their o is loaded but not used); a row whose pieces all saw no key
 // gets out = 0, lse = +inf. The slots of a row are dealt to kSlotGroups groups of threads in
-// batches of kSlotUnroll; each thread adds its batches in slot order, and the groups' sums are then
-// added in group order, so the result is bitwise reproducible.
+// batches of kSlotUnroll; each thread adds its batches in slot order against its group's running
+// maximum (rescaling its sums when a batch raises it), and the groups' sums are then referred to the
+// row's maximum and added in group order, so the result is bitwise reproducible.
 //
 // Grid: (request, kv head, group of rows_per_cta packed rows); CTAs of unsplit requests exit at
 // once. For a small batch each CTA takes one row, so that a single long request split into ~one
 // piece per SM is merged by ~one CTA per row rather than by a few CTAs walking rows in turn; the
 // slot loop is unrolled and split across slot groups so that a row's partials are requested in a
-// few rounds rather than one dependent round per batch. For a large batch (one group of threads)
-// whose CTAs take several rows each, the CTA's rows, which belong to one request and so have the
-// same pieces, are loaded several rows at a time when their pieces fit one batch
-// (combine_rows_batched, in its own instantiation: see launch()).
+// few rounds rather than one dependent round per batch, and no round is spent on the row's maximum
+// before its pieces are loaded. For a large batch (one group of threads) whose CTAs take several
+// rows each, the CTA's rows, which belong to one request and so have the same pieces, are loaded
+// several rows at a time when their pieces fit one batch (combine_rows_batched, in its own
+// instantiation: see launch()).
 #include "kernels/combine/combine.h"
 
 #include <cuda_bf16.h>
@@ -39,13 +41,17 @@ static_assert(kColumnThreads * kColsPerThread == kHeadDimV, "threads must tile t
 constexpr int kSlotUnroll = 8;
 // Groups of kColumnThreads threads that take turns over a row's slot batches: a request split
 // into ~one piece per SM has ~66 slots, which one group would fetch in 9 dependent rounds. The
-// launch takes the most groups that keep the grid in one wave: at ~58 registers a 1024-thread
+// launch takes the most groups that keep the grid in one wave: at 60-64 registers a 1024-thread
 // (8-group) CTA fits once per SM and a 512-thread one twice; larger grids (large batches, few
 // slots per row, where the groups would idle) keep one group per CTA.
 constexpr int kMostSlotGroups = 8;
 constexpr int kManySlotGroups = 4;
 constexpr int kCtasPerSmWithMostGroups = 1;
 constexpr int kCtasPerSmWithManyGroups = 2;
+// CTAs per SM the lean one-group kernel (one row per CTA, no row batching) is built for: left to
+// itself ptxas gives its running-maximum loop 84 registers (six CTAs per SM), and b=8, h_q=128's
+// 1024 CTAs then take two waves on 132 SMs; at eight it fits 64 registers without spilling.
+constexpr int kLeanCtasPerSm = 8;
 // Rows per CTA grow with the problem until about this many CTAs remain: enough to cover the SMs
 // several times, without paying a CTA launch per row on large batches.
 constexpr int64_t kTargetCtas = 1024;
@@ -69,24 +75,15 @@ __device__ __forceinline__ void stamp(trace::CombinePhase phase) {
 #endif
 }
 
-// The largest lse of a row's pieces; every thread of the CTA gets it.
-template <int kThreads>
-__device__ float row_lse_max(const DecodeParams& p, int64_t slot_begin, int64_t slot_end, int kv_head,
-                             int row, float* warp_partials) {
-  float m = -INFINITY;
-  for (int64_t slot = slot_begin + threadIdx.x; slot < slot_end; slot += kThreads) {
-    m = fmaxf(m, p.lse_accum[partial_row_index(p, slot, kv_head, row)]);
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  if (threadIdx.x % 32 == 0) warp_partials[threadIdx.x / 32] = m;
-  __syncthreads();
-  float result = warp_partials[0];
-#pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) result = fmaxf(result, warp_partials[w]);
-  // warp_partials is rewritten for the next row only after every thread has read it.
-  __syncthreads();
-  return result;
+// Refers a row's running sums from the maximum `from` to `to` (>= from). Sums that are still empty
+// (from = -inf) stay zero; -inf - -inf would be NaN, so that case is selected, not computed.
+__device__ __forceinline__ void rescale_sums(float4& o, float& weight_sum, float from, float to) {
+  const float factor = from == -INFINITY ? 0.0f : expf(from - to);
+  o.x *= factor;
+  o.y *= factor;
+  o.z *= factor;
+  o.w *= factor;
+  weight_sum *= factor;
 }
 
 // Adds one piece to a row's running sums. A piece that saw no key has lse -inf and an o that may
@@ -134,10 +131,10 @@ __device__ __forceinline__ void store_row(const DecodeParams& p, int req, int kv
 // The rows of a request split into at most kSlotUnroll pieces, with one group of threads: the
 // pieces of as many whole rows as fit kSlotUnroll are loaded together, and each thread takes a
 // row's lse maximum from the values it loaded itself. A batch of rows then costs one dependent
-// round of loads, where the per-row path pays two per row (the maximum, then the pieces) and two
-// CTA barriers; large batches, whose CTAs walk up to kMaxRowsPerCta rows of 2-3 pieces each, were
-// bound by those rounds. Pieces are summed in slot order with the same operations as the per-row
-// path, so the bits are the same.
+// round of loads, where the per-row path pays one per row; large batches, whose CTAs walk up to
+// kMaxRowsPerCta rows of 2-3 pieces each, were bound by those rounds. Pieces are summed in slot
+// order with the same operations as the one-group per-row path on a single batch, so the bits are
+// the same.
 template <typename T>
 __device__ void combine_rows_batched(const DecodeParams& p, int req, int kv_head, int64_t slot_begin, int num_pieces,
                                      int row_begin, int row_end, int col0) {
@@ -182,10 +179,10 @@ __device__ void combine_rows_batched(const DecodeParams& p, int req, int kv_head
 }
 
 template <typename T, int kSlotGroups, bool kBatchRows>
-__global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
+__global__ void __launch_bounds__(kColumnThreads* kSlotGroups,
+                                  kSlotGroups == 1 && !kBatchRows ? kLeanCtasPerSm : 1)
     combine_kernel(const DecodeParams p, int rows_per_cta) {
   static_assert(!kBatchRows || kSlotGroups == 1, "rows are batched only by a one-group CTA");
-  constexpr int kThreads = kColumnThreads * kSlotGroups;
   const int req = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int row_begin = blockIdx.z * rows_per_cta;
@@ -204,10 +201,10 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     stamp(trace::kCombineExit);
     return;
   }
-  __shared__ float warp_partials[kThreads / 32];
-  // Per-group sums of a row (unused with one group).
+  // Per-group sums of a row and the maximum they are referred to (unused with one group).
   __shared__ float4 group_o[kSlotGroups][kColumnThreads];
   __shared__ float group_weight[kSlotGroups];
+  __shared__ float group_lse_max[kSlotGroups];
 
   const int column_thread = threadIdx.x % kColumnThreads;
   const int group = threadIdx.x / kColumnThreads;
@@ -222,52 +219,62 @@ __global__ void __launch_bounds__(kColumnThreads* kSlotGroups)
     }
   }
   for (int row = row_begin; row < row_end; ++row) {
-    const float lse_max = row_lse_max<kThreads>(p, slot_begin, slot_end, kv_head, row, warp_partials);
-    if (row == row_begin) stamp(trace::kCombineMaxKnown);
+    // Each group sums its batches against its own running maximum, rescaling when a batch raises
+    // it, so a row costs one dependent round of loads per batch and no CTA-wide maximum first.
+    float group_max = -INFINITY;
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float weight_sum = 0.0f;
-    if (lse_max != -INFINITY) {
-      for (int64_t base = slot_begin + group * kSlotUnroll; base < slot_end;
-           base += kSlotGroups * kSlotUnroll) {
-        // All loads of a batch first, then the sums: kSlotUnroll partial rows in flight per
-        // thread. Slots past the end read as pieces that saw no key.
-        float piece_lse[kSlotUnroll];
-        float4 piece[kSlotUnroll];
+    for (int64_t base = slot_begin + group * kSlotUnroll; base < slot_end; base += kSlotGroups * kSlotUnroll) {
+      // All loads of a batch first, then the sums: kSlotUnroll partial rows in flight per
+      // thread. Slots past the end read as pieces that saw no key.
+      float piece_lse[kSlotUnroll];
+      float4 piece[kSlotUnroll];
 #pragma unroll
-        for (int j = 0; j < kSlotUnroll; ++j) {
-          piece_lse[j] = -INFINITY;
-          piece[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          if (base + j < slot_end) {
-            const int64_t partial_row = partial_row_index(p, base + j, kv_head, row);
-            piece_lse[j] = p.lse_accum[partial_row];
-            piece[j] = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
-          }
+      for (int j = 0; j < kSlotUnroll; ++j) {
+        piece_lse[j] = -INFINITY;
+        piece[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (base + j < slot_end) {
+          const int64_t partial_row = partial_row_index(p, base + j, kv_head, row);
+          piece_lse[j] = p.lse_accum[partial_row];
+          piece[j] = *reinterpret_cast<const float4*>(&p.o_accum[partial_row * kHeadDimV + col0]);
         }
+      }
+      float batch_max = group_max;
 #pragma unroll
-        for (int j = 0; j < kSlotUnroll; ++j) add_piece(o, weight_sum, piece_lse[j], piece[j], lse_max);
-      }
-      if constexpr (kSlotGroups > 1) {
-        group_o[group][column_thread] = o;
-        if (column_thread == 0) group_weight[group] = weight_sum;
-      }
+      for (int j = 0; j < kSlotUnroll; ++j) batch_max = fmaxf(batch_max, piece_lse[j]);
+      if (row == row_begin && base == slot_begin) stamp(trace::kCombineFirstBatchLoaded);
+      rescale_sums(o, weight_sum, group_max, batch_max);
+      group_max = batch_max;
+#pragma unroll
+      for (int j = 0; j < kSlotUnroll; ++j) add_piece(o, weight_sum, piece_lse[j], piece[j], group_max);
     }
+    float lse_max = group_max;
     if constexpr (kSlotGroups > 1) {
-      // Every thread reaches these barriers: lse_max is the same for the whole CTA.
+      group_o[group][column_thread] = o;
+      if (column_thread == 0) {
+        group_weight[group] = weight_sum;
+        group_lse_max[group] = group_max;
+      }
       __syncthreads();
-      if (lse_max != -INFINITY) {
-        o = group_o[0][column_thread];
-        weight_sum = group_weight[0];
+      lse_max = group_lse_max[0];
 #pragma unroll
-        for (int g = 1; g < kSlotGroups; ++g) {
+      for (int g = 1; g < kSlotGroups; ++g) lse_max = fmaxf(lse_max, group_lse_max[g]);
+      o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      weight_sum = 0.0f;
+      if (lse_max != -INFINITY) {
+        // Groups in order; a group that saw no key has zero sums and factor 0.
+#pragma unroll
+        for (int g = 0; g < kSlotGroups; ++g) {
+          const float factor = expf(group_lse_max[g] - lse_max);
           const float4 other = group_o[g][column_thread];
-          o.x += other.x;
-          o.y += other.y;
-          o.z += other.z;
-          o.w += other.w;
-          weight_sum += group_weight[g];
+          o.x = fmaf(factor, other.x, o.x);
+          o.y = fmaf(factor, other.y, o.y);
+          o.z = fmaf(factor, other.z, o.z);
+          o.w = fmaf(factor, other.w, o.w);
+          weight_sum = fmaf(factor, group_weight[g], weight_sum);
         }
       }
-      // group_o is rewritten for the next row only after every group has read it.
+      // The group sums are rewritten for the next row only after every group has read them.
       __syncthreads();
       if (row == row_begin) stamp(trace::kCombineSummed);
       if (group != 0) continue;

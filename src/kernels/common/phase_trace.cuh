@@ -33,11 +33,11 @@ enum MainPhase : int {
 
 // Stamps of the combine kernel, per CTA.
 enum CombinePhase : int {
-  kCombineEntry = 0,       // thread 0, first instruction
-  kCombinePriorGridsDone,  // thread 0, after cudaGridDependencySynchronize
-  kCombineMaxKnown,        // thread 0, the first row's largest lse reduced over the CTA
-  kCombineSummed,          // thread 0, the first row's weighted sum complete (slot groups merged)
-  kCombineExit,            // thread 0, on return (early for requests without splits)
+  kCombineEntry = 0,         // thread 0, first instruction
+  kCombinePriorGridsDone,    // thread 0, after cudaGridDependencySynchronize
+  kCombineFirstBatchLoaded,  // thread 0, the first row's first batch of pieces loaded (its maximum taken)
+  kCombineSummed,            // thread 0, the first row's weighted sum complete (slot groups merged)
+  kCombineExit,              // thread 0, on return (early for requests without splits)
   kCombinePhases
 };
 
