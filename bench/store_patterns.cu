@@ -93,6 +93,23 @@ struct PairType<8> {
 // j + 2 * (lane % 4).
 constexpr int kPairsPerRowHalf = kColsPerConsumer / 8;
 
+// Stores a consumer's fragment where the accumulator layout holds it, into rows kPitch bytes apart
+// (out itself, or a padded shared-memory stage).
+template <int kPitch, typename Pair>
+__device__ __forceinline__ void store_fragment(uint8_t* base, const Pair (&values)[2 * kPairsPerRowHalf], int warp,
+                                               int lane) {
+  constexpr int kElemBytes = sizeof(Pair) / 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = 16 * warp + lane / 4 + 8 * h;
+#pragma unroll
+    for (int j = 0; j < kPairsPerRowHalf; ++j) {
+      *reinterpret_cast<Pair*>(base + row * kPitch + (8 * j + 2 * (lane % 4)) * kElemBytes) =
+          values[h * kPairsPerRowHalf + j];
+    }
+  }
+}
+
 template <int kPairBytes, Pattern kPattern>
 __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t* out, unsigned long long* issue_ns) {
   using Pair = typename PairType<kPairBytes>::T;
@@ -151,26 +168,10 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t* out, unsign
       }
     }
   } else if constexpr (kPattern == Pattern::kFragment) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = 16 * warp + lane / 4 + 8 * h;
-#pragma unroll
-      for (int j = 0; j < kPairsPerRowHalf; ++j) {
-        *reinterpret_cast<Pair*>(cta_out + row * kRowBytes + (8 * j + 2 * (lane % 4)) * kElemBytes) =
-            values[h * kPairsPerRowHalf + j];
-      }
-    }
+    store_fragment<kRowBytes>(cta_out, values, warp, lane);
   } else {
     if constexpr (kPattern == Pattern::kStaged || kPattern == Pattern::kBulk) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = 16 * warp + lane / 4 + 8 * h;
-#pragma unroll
-        for (int j = 0; j < kPairsPerRowHalf; ++j) {
-          *reinterpret_cast<Pair*>(stage + row * kStagePitch + (8 * j + 2 * (lane % 4)) * kElemBytes) =
-              values[h * kPairsPerRowHalf + j];
-        }
-      }
+      store_fragment<kStagePitch>(stage, values, warp, lane);
       if constexpr (kPattern == Pattern::kBulk) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       asm volatile("bar.sync %0, %1;" ::"r"(1 + consumer), "r"(kThreadsPerWarpgroup));
     }
