@@ -299,9 +299,8 @@ def warm_clocks(ms: float, device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_kernel(fn: Callable, iters: int, flush: torch.Tensor) -> tuple:
-    """Median and min µs of `fn`, as CUDA-graph replays when it can be captured, else eager."""
-    mode = "graph"
+def capture_graph(fn: Callable, calls: int = 1) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of `calls` back-to-back calls of `fn`."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # the warm-up call torch asks for before capture
@@ -309,10 +308,17 @@ def time_kernel(fn: Callable, iters: int, flush: torch.Tensor) -> tuple:
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
             fn()
-        launch = graph.replay
+    return graph
+
+
+def time_kernel(fn: Callable, iters: int, flush: torch.Tensor) -> tuple:
+    """Median and min µs of `fn`, as CUDA-graph replays when it can be captured, else eager."""
+    mode = "graph"
+    try:
+        launch = capture_graph(fn).replay
     except Exception as e:  # noqa: BLE001 -- any capture failure falls back to eager timing
         print(f"  note: CUDA-graph capture failed ({type(e).__name__}: {e}); timing eager calls",
               file=sys.stderr)
@@ -336,7 +342,7 @@ def time_kernel(fn: Callable, iters: int, flush: torch.Tensor) -> tuple:
 
 
 class Nvml:
-    """SM clocks through libnvidia-ml when present; None otherwise."""
+    """SM clocks and power through libnvidia-ml when present; None otherwise."""
 
     def __init__(self, index: int):
         self.handle = None
@@ -372,6 +378,15 @@ class Nvml:
     def max_sm_clock(self) -> Optional[int]:
         return self._clock("nvmlDeviceGetMaxClockInfo")
 
+    def power_w(self) -> Optional[float]:
+        """The board's power draw as NVML reports it (a moving average on recent GPUs)."""
+        if self.handle is None:
+            return None
+        milliwatts = ctypes.c_uint()
+        if self.lib.nvmlDeviceGetPowerUsage(self.handle, ctypes.byref(milliwatts)) != 0:
+            return None
+        return milliwatts.value / 1e3
+
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -383,9 +398,8 @@ def cost(s: Shape, mean_len: float, elem: int) -> tuple:
     return flops, nbytes
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of one decode shape, read back by shape_from_args."""
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--s-q", type=int, default=1)
     ap.add_argument("--h-q", type=int, default=128)
@@ -393,6 +407,17 @@ def main(argv=None) -> int:
     ap.add_argument("--s-k", type=int, default=4096)
     ap.add_argument("--varlen", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--causal", action=argparse.BooleanOptionalAction, default=False)
+
+
+def shape_from_args(args: argparse.Namespace) -> Shape:
+    return Shape("custom", args.batch, args.s_q, args.h_q, args.h_kv, args.s_k, args.varlen,
+                 args.causal)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(ap)
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     ap.add_argument("--page-block-size", type=int, default=64)
     ap.add_argument("--backend", choices=["auto", "reference", "sm90"], default="auto",
@@ -426,9 +451,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     nvml = Nvml(device.index)
-    shapes = read_grid(args.grid, args.h_kv) if args.grid else [
-        Shape("custom", args.batch, args.s_q, args.h_q, args.h_kv, args.s_k, args.varlen,
-              args.causal)]
+    shapes = read_grid(args.grid, args.h_kv) if args.grid else [shape_from_args(args)]
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     flush = torch.empty(L2_FLUSH_FACTOR * l2, dtype=torch.uint8, device=device)
 

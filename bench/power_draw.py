@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Sustained power, clock and energy per call of decode kernels on one shape.
+
+The grid's timed rows run at the board's power cap, where the SM clock, and so the time, follows
+the energy a kernel spends per cycle. Under Nsight Compute (unthrottled, one launch) two kernels
+can take the same cycles and still differ in the grid. This runs each kernel back to back for
+--seconds (CUDA-graph replays of --calls-per-graph calls, no L2 flush: the shapes worth asking
+about read far more than L2 holds), samples NVML's power and SM clock meanwhile, and reports per
+call: µs, mean W and MHz after --settle-s, cycles (µs x MHz) and energy (µs x W). Kernels take
+turns for --rounds rounds so that the card's temperature drifts over all of them alike.
+
+    python bench/power_draw.py --s-k 8192 --kernels flashmla:bf16,flashmla:fp16,flash_mla:bf16
+
+Same data as bench.py (its problem builder); a peer whose output differs from ours is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+
+import torch
+
+import bench
+
+SAMPLE_PERIOD_S = 0.02
+CALLS_PER_SYNC = 8  # graph replays queued between checks of the clock on the wall
+PAGE_BLOCK_SIZE = 64  # the grid's page size
+
+
+class Sampler(threading.Thread):
+    """Reads (time, W, MHz) from NVML until stopped."""
+
+    def __init__(self, nvml: bench.Nvml):
+        super().__init__(daemon=True)
+        self.nvml = nvml
+        self.samples = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append((time.perf_counter(), self.nvml.power_w(), self.nvml.sm_clock()))
+            time.sleep(SAMPLE_PERIOD_S)
+
+
+def sustain(graph: torch.cuda.CUDAGraph, calls_per_graph: int, seconds: float, settle_s: float,
+            nvml: bench.Nvml) -> dict:
+    sampler = Sampler(nvml)
+    sampler.start()
+    start_wall = time.perf_counter()
+    # Timing starts after the settling time, when the clock has found its level under the cap.
+    start, replays = None, 0
+    while time.perf_counter() - start_wall < seconds:
+        if start is None and time.perf_counter() - start_wall >= settle_s:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+        for _ in range(CALLS_PER_SYNC):
+            graph.replay()
+        replays += CALLS_PER_SYNC if start is not None else 0
+        torch.cuda.synchronize()
+    stop = torch.cuda.Event(enable_timing=True)
+    stop.record()
+    torch.cuda.synchronize()
+    sampler.done.set()
+    sampler.join()
+    us = 1e3 * start.elapsed_time(stop) / (replays * calls_per_graph)
+    settled = [s for s in sampler.samples if s[0] - start_wall >= settle_s and None not in s]
+    result = {"us": us, "samples": len(settled)}
+    if settled:
+        result["watts"] = statistics.mean(s[1] for s in settled)
+        result["mhz"] = statistics.mean(s[2] for s in settled)
+        result["kcycles"] = us * result["mhz"] / 1e3
+        result["mj"] = us * result["watts"] / 1e3
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_shape_arguments(ap)
+    ap.add_argument("--kernels", default="flashmla:bf16,flash_mla:bf16",
+                    help="comma-separated NAME:DTYPE, NAME flashmla (ours) or a bench.py peer")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--settle-s", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--calls-per-graph", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.seconds <= args.settle_s:
+        raise SystemExit("--seconds must exceed --settle-s")
+
+    if not torch.cuda.is_available():
+        print("power_draw.py: no CUDA device", file=sys.stderr)
+        return 1
+    device = torch.device("cuda", torch.cuda.current_device())
+    nvml = bench.Nvml(device.index)
+    if nvml.power_w() is None:
+        print("power_draw.py: NVML gives no power reading here", file=sys.stderr)
+        return 1
+    adapters = dict(bench.PEERS, flashmla=bench.adapter_flashmla_like("flashmla"))
+    shape = bench.shape_from_args(args)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    graphs, problems, reference_out = {}, {}, {}
+    for spec in args.kernels.split(","):
+        name, _, dtype = spec.partition(":")
+        if name not in adapters or dtype not in dtypes:
+            raise SystemExit(f"--kernels: {spec!r} is not NAME:DTYPE with NAME one of "
+                             f"{', '.join(adapters)} and DTYPE bf16 or fp16")
+        if dtype not in problems:
+            problems[dtype] = bench.build_problem(shape, dtypes[dtype], PAGE_BLOCK_SIZE, args.seed,
+                                                  False, device)
+            reference_out[dtype] = adapters["flashmla"](problems[dtype])()[0].float()
+        try:
+            fn = adapters[name](problems[dtype])
+        except bench.Skip as e:
+            print(f"{spec}: skipped, {e}")
+            continue
+        try:
+            out = fn()[0]
+        except Exception as e:  # noqa: BLE001 -- a peer without this dtype or shape
+            print(f"{spec}: skipped, {type(e).__name__}: {e}")
+            continue
+        diff = bench.rel_l2(out.float(), reference_out[dtype])
+        if diff > bench.OUT_REL_L2_TOL:
+            print(f"{spec}: skipped, output differs from ours by {diff:.2e} relative L2")
+            continue
+        # The graph reads the plan the adapter made; fn keeps it (and so its memory) alive.
+        graphs[spec] = (bench.capture_graph(fn, args.calls_per_graph), fn)
+
+    print(f"{torch.cuda.get_device_properties(device).name}; {shape}; "
+          f"{args.seconds:.1f} s per kernel and round, averages after {args.settle_s:.1f} s")
+    print("| round | kernel | µs | W | MHz | kcycles (µs x MHz) | mJ (µs x W) | samples |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in range(args.rounds):
+        for spec, (graph, _) in graphs.items():
+            m = sustain(graph, args.calls_per_graph, args.seconds, args.settle_s, nvml)
+            if "watts" not in m:
+                print(f"| {r} | {spec} | {m['us']:.1f} | - | - | - | - | 0 |")
+                continue
+            print(f"| {r} | {spec} | {m['us']:.1f} | {m['watts']:.0f} | {m['mhz']:.0f} | "
+                  f"{m['kcycles']:.0f} | {m['mj']:.1f} | {m['samples']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
