@@ -333,9 +333,9 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream, bool program
   if (ctas <= int64_t{kCtasPerSmWithManyGroups} * sm_count) {
     return launch_with<T, kManySlotGroups>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
   }
-  // Batching rows pays only where a CTA walks several rows, and its code takes the kernel from 56
-  // to 96 registers; a grid of one row per CTA (b=8, h_q=128: 1024 CTAs) keeps the lean kernel,
-  // which stays resident in one wave at nine CTAs per SM where the batched one fits five.
+  // Batching rows pays only where a CTA walks several rows, and its code takes the kernel to 99
+  // registers (four CTAs per SM); a grid of one row per CTA (b=8, h_q=128: 1024 CTAs) keeps the
+  // lean kernel, which stays resident in one wave at eight CTAs per SM.
   if (rows_per_cta > 1) {
     return launch_with<T, 1, true>(params, stream, programmatic_dependent_launch, grid, rows_per_cta);
   }
