@@ -23,12 +23,6 @@ for shape in "${shapes[@]}"; do
     ncu --clock-control none -k regex:sm90_decode_kernel -c 1 --csv \
       --metrics sm__cycles_elapsed.max,gpu__time_duration.sum,smsp__cycles_active.avg,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
       "$BENCH" $shape --dtype "$dtype" --iters 1 --warmup-ms 0 >"$LOG/ncu_${name}_$dtype.csv" 2>&1
-    python3 - "$LOG/ncu_${name}_$dtype.csv" "$dtype" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-col = {n: i for i, n in enumerate(rows[0])} if rows else {}
-for r in rows[1:]:
-    print(f"  {sys.argv[2]} {r[col['Metric Name']]:64} {r[col['Metric Value']]}")
-PY
+    python3 scripts/ncu_csv.py "$LOG/ncu_${name}_$dtype.csv" --label "$dtype"
   done
 done

@@ -27,20 +27,9 @@ for shape in "${shapes[@]}"; do
   ncu --clock-control none -k "$KERNELS" -c 4 --metrics "$METRICS" --csv \
     "$BENCH" $shape --iters 2 --warmup-ms 0 >"$LOG/ncu_$name.csv" 2>"$LOG/ncu_$name.err"
   echo "== $shape"
-  python3 - "$LOG/ncu_$name.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-if not rows:
-    print("  no ncu rows (see .err)"); sys.exit()
-head = rows[0]; col = {n: i for i, n in enumerate(head)}
-for r in rows[1:]:
-    if r[col["Metric Name"]] in ("gpu__time_duration.sum", "launch__grid_size",
-                                 "sm__throughput.avg.pct_of_peak_sustained_elapsed",
-                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed",
-                                 "lts__throughput.avg.pct_of_peak_sustained_elapsed"):
-        print(f"  {r[col['ID']]:>3} {r[col['Kernel Name']][:60]:60} {r[col['Metric Name']]:52} "
-              f"{r[col['Metric Value']]} {r[col['Metric Unit']]}")
-PY
+  python3 "$(dirname "$0")/ncu_csv.py" "$LOG/ncu_$name.csv" --metrics gpu__time_duration.sum,launch__grid_size,\
+sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,\
+lts__throughput.avg.pct_of_peak_sustained_elapsed
 done
 
 if [[ "${PROFILE_DETAIL:-0}" == 1 ]]; then

@@ -34,13 +34,7 @@ for shape in "${shapes[@]}"; do
       --metrics gpu__time_duration.sum,sm__cycles_elapsed.max,launch__grid_size \
       python3 bench/bench.py $shape --peers "$peers" --iters 1 --warmup-ms 0 >"$LOG/${who}_${name}_kernels.csv" 2>&1
     echo "== $who, $shape: each kernel of one call (name, metric, value)"
-    python3 - "$LOG/${who}_${name}_kernels.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-col = {n: i for i, n in enumerate(rows[0])} if rows else {}
-for r in rows[1:]:
-    print(f"  {r[col['ID']]:>2} {r[col['Kernel Name']][:48]:48} {r[col['Metric Name']]:24} {r[col['Metric Value']]}")
-PY
+    python3 scripts/ncu_csv.py "$LOG/${who}_${name}_kernels.csv"
     [[ "${PROFILE_PEERS_SECTIONS:-1}" == 0 ]] && continue
     # shellcheck disable=SC2086
     ncu --clock-control none -k "${KERNEL[$who]}" -c 1 "${SECTIONS[@]}" \
