@@ -12,6 +12,9 @@ turns for --rounds rounds so that the card's temperature drifts over all of them
     python bench/power_draw.py --s-k 8192 --kernels flashmla:bf16,flashmla:fp16,flash_mla:bf16
 
 Same data as bench.py (its problem builder); a peer whose output differs from ours is skipped.
+The kernel `gemm` is not a decode: a square cuBLAS GEMM (torch.matmul, --gemm-size) in the same
+dtype. It is the tensor pipe's best case, so its TFLOP/s at the cap is the ceiling that a TFLOP/s
+target of a decode kernel on this board can be held against.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Callable
 
 import torch
 
@@ -29,6 +33,7 @@ import bench
 SAMPLE_PERIOD_S = 0.02
 CALLS_PER_SYNC = 8  # graph replays queued between checks of the clock on the wall
 PAGE_BLOCK_SIZE = 64  # the grid's page size
+GEMM_SIZE = 8192  # large enough that cuBLAS runs its steady-state tiles on every SM
 
 
 class Sampler(threading.Thread):
@@ -77,12 +82,26 @@ def sustain(graph: torch.cuda.CUDAGraph, calls_per_graph: int, seconds: float, s
     return result
 
 
+def gemm_call(n: int, dtype, device) -> Callable:
+    """One n x n x n matmul into a preallocated output, so that a graph can replay it."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run():
+        return (torch.matmul(a, b, out=out),)
+    return run
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_shape_arguments(ap)
     ap.add_argument("--kernels", default="flashmla:bf16,flash_mla:bf16",
-                    help="comma-separated NAME:DTYPE, NAME flashmla (ours) or a bench.py peer")
+                    help="comma-separated NAME:DTYPE, NAME flashmla (ours), a bench.py peer, "
+                         "or gemm (a square cuBLAS GEMM, the tensor pipe's ceiling)")
+    ap.add_argument("--gemm-size", type=int, default=GEMM_SIZE)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--settle-s", type=float, default=1.5)
     ap.add_argument("--rounds", type=int, default=2)
@@ -104,9 +123,14 @@ def main(argv=None) -> int:
     shape = bench.shape_from_args(args)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    graphs, problems, reference_out = {}, {}, {}
+    graphs, problems, reference_out, flops = {}, {}, {}, {}
     for spec in args.kernels.split(","):
         name, _, dtype = spec.partition(":")
+        if name == "gemm" and dtype in dtypes:
+            fn = gemm_call(args.gemm_size, dtypes[dtype], device)
+            flops[spec] = 2.0 * args.gemm_size ** 3
+            graphs[spec] = (bench.capture_graph(fn, args.calls_per_graph), fn)
+            continue
         if name not in adapters or dtype not in dtypes:
             raise SystemExit(f"--kernels: {spec!r} is not NAME:DTYPE with NAME one of "
                              f"{', '.join(adapters)} and DTYPE bf16 or fp16")
@@ -130,19 +154,22 @@ def main(argv=None) -> int:
             continue
         # The graph reads the plan the adapter made; fn keeps it (and so its memory) alive.
         graphs[spec] = (bench.capture_graph(fn, args.calls_per_graph), fn)
+        flops[spec] = bench.cost(shape, problems[dtype].mean_len, 2)[0]
 
     print(f"{torch.cuda.get_device_properties(device).name}; {shape}; "
           f"{args.seconds:.1f} s per kernel and round, averages after {args.settle_s:.1f} s")
-    print("| round | kernel | µs | W | MHz | kcycles (µs x MHz) | mJ (µs x W) | samples |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| round | kernel | µs | TFLOP/s | W | MHz | kcycles (µs x MHz) | mJ (µs x W) | samples |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in range(args.rounds):
         for spec, (graph, _) in graphs.items():
             m = sustain(graph, args.calls_per_graph, args.seconds, args.settle_s, nvml)
+            tflops = flops[spec] / m["us"] / 1e6
             if "watts" not in m:
-                print(f"| {r} | {spec} | {m['us']:.1f} | - | - | - | - | 0 |")
+                print(f"| {r} | {spec} | {m['us']:.1f} | {tflops:.0f} | - | - | - | - | 0 |")
                 continue
-            print(f"| {r} | {spec} | {m['us']:.1f} | {m['watts']:.0f} | {m['mhz']:.0f} | "
-                  f"{m['kcycles']:.0f} | {m['mj']:.1f} | {m['samples']} |", flush=True)
+            print(f"| {r} | {spec} | {m['us']:.1f} | {tflops:.0f} | {m['watts']:.0f} | "
+                  f"{m['mhz']:.0f} | {m['kcycles']:.0f} | {m['mj']:.1f} | {m['samples']} |",
+                  flush=True)
     return 0
 
 
