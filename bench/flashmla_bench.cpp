@@ -138,6 +138,7 @@ struct Options {
   flashmla_bench::FlushMode flush = flashmla_bench::FlushMode::kWrite;
   int trace_runs = 0;  // --trace: traced replays per row after the timed ones
   bool floor = false;  // --floor: time the near-empty graphs instead of decodes
+  bool read_floor = false;  // --read-floor: time a plain read of each row's K-cache bytes instead
 };
 
 const char* kUsage = R"(usage: flashmla_bench [options]
@@ -177,6 +178,10 @@ Run:
   --floor              instead of decodes, time graphs of near-empty kernels in the decode's
                          launch shape by the same method (launch_floor.h): the floor under
                          every small decode
+  --read-floor         instead of decodes, for each row time one plain read of as many bytes as
+                         its K cache (b*h_kv*s_k*576*elem, contiguous) by the same method, and
+                         the row's GB/s had the decode taken that long: how near the row is to
+                         a plain stream of the bytes it cannot avoid
   --trace N            after timing, N more replays whose per-phase stamps are read and
                          summarised (a build configured with -DFLASHMLA_PHASE_TRACE=ON only)
   --help               this text
@@ -273,6 +278,8 @@ std::optional<Options> parse_args(int argc, char** argv) {
         fail("--dtype: expected bf16|fp16, got '" + v + "'");
     } else if (flag == "--floor") {
       o.floor = true;
+    } else if (flag == "--read-floor") {
+      o.read_floor = true;
     } else if (flag == "--trace") {
       o.trace_runs = static_cast<int>(parse_int(flag, next(), 1));
 #ifndef FLASHMLA_PHASE_TRACE
@@ -302,6 +309,7 @@ std::optional<Options> parse_args(int argc, char** argv) {
       fail("unknown argument '" + std::string(argv[i]) + "' (see --help)");
     }
   }
+  if (o.floor && o.read_floor) fail("--floor and --read-floor: each replaces the decodes; give one");
   return o;
 }
 
@@ -972,6 +980,14 @@ class Replayer {
   int runs_ = 0;
 };
 
+// The bytes a row moves at least (the formula of the header comment), with L its mean length.
+double row_bytes(const Shape& s, double L, ElemType dtype) {
+  const double b = static_cast<double>(s.batch), sq = static_cast<double>(s.s_q);
+  const double hq = static_cast<double>(s.h_q), hkv = static_cast<double>(s.h_kv);
+  return (b * hkv * L * kHeadDim + b * sq * hq * (kHeadDim + kHeadDimV)) *
+         static_cast<double>(elem_bytes(dtype));
+}
+
 RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const Nvml& nvml,
                   const DeviceBuffer& flush) {
   Stream stream;
@@ -1009,12 +1025,10 @@ RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const
 
   const double L = r.mean_s_k;
   const double b = static_cast<double>(s.batch), sq = static_cast<double>(s.s_q);
-  const double hq = static_cast<double>(s.h_q), hkv = static_cast<double>(s.h_kv);
+  const double hq = static_cast<double>(s.h_q);
   const double flops = 2.0 * b * sq * hq * L * (kHeadDim + kHeadDimV);
-  const double bytes = (b * hkv * L * kHeadDim + b * sq * hq * (kHeadDim + kHeadDimV)) *
-                       static_cast<double>(elem_bytes(o.dtype));
   r.tflops = flops / (r.median_us * 1e-6) / 1e12;
-  r.gbps = bytes / (r.median_us * 1e-6) / 1e9;
+  r.gbps = row_bytes(s, L, o.dtype) / (r.median_us * 1e-6) / 1e9;
   return r;
 }
 
@@ -1188,6 +1202,47 @@ void run_floor(const Options& o, const DeviceInfo& dev, const DeviceBuffer& flus
   }
 }
 
+// --read-floor: per row, l2_flush.h's plain read over as many bytes as the row's K cache, captured
+// and timed like a decode. The decode must read those bytes too, under the same flush; a plain
+// stream is not proven the fastest way to read them, so this is a yardstick, not a bound.
+void run_read_floor(const Options& o, const std::vector<Shape>& shapes, const DeviceBuffer& flush) {
+  const auto cache_bytes = [&](const Shape& s) {
+    return static_cast<size_t>(s.batch * s.h_kv * s.s_k * kHeadDim) * elem_bytes(o.dtype);
+  };
+  size_t largest = 0;
+  for (const Shape& s : shapes) largest = std::max(largest, cache_bytes(s));
+  Stream stream;
+  const DeviceBuffer cache(largest);
+  const DeviceBuffer sink(sizeof(uint32_t));
+  // Nonzero bytes, so the reads are of data and not of a freshly zeroed allocation.
+  constexpr int kCacheFill = 0x3c;
+  CUDA_CHECK(cudaMemsetAsync(cache.get(), kCacheFill, largest, stream.s));
+  CUDA_CHECK(cudaStreamSynchronize(stream.s));
+  std::printf("%-10s %4s %4s %4s %4s %7s | %9s %10s %10s %9s | %s\n", "case", "b", "s_q", "h_q", "h_kv",
+              "s_k", "read_MB", "median_us", "min_us", "read_GB/s", "row GB/s at the read's median");
+  for (const Shape& s : shapes) {
+    const size_t bytes = cache_bytes(s);
+    Graph g;
+    CUDA_CHECK(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
+    const cudaError_t err =
+        flashmla_bench::read_through(cache.get(), bytes, static_cast<uint32_t*>(sink.get()), stream.s);
+    const cudaError_t end_err = cudaStreamEndCapture(stream.s, &g.graph);
+    cuda_check(err, "read_through (under CUDA-graph capture)", __FILE__, __LINE__);
+    cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
+    CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+    Replayer replayer(g, o, flush, stream.s);
+    replayer.warm_up([] {});
+    const std::vector<double> us = replayer.timed_runs();
+    const double med = median(us);
+    std::printf("%-10s %4lld %4lld %4lld %4lld %7lld | %9.1f %10.1f %10.1f %9.1f | %.1f\n", s.name.c_str(),
+                static_cast<long long>(s.batch), static_cast<long long>(s.s_q), static_cast<long long>(s.h_q),
+                static_cast<long long>(s.h_kv), static_cast<long long>(s.s_k), static_cast<double>(bytes) / 1e6,
+                med, *std::min_element(us.begin(), us.end()), static_cast<double>(bytes) / (med * 1e-6) / 1e9,
+                row_bytes(s, static_cast<double>(s.s_k), o.dtype) / (med * 1e-6) / 1e9);
+    std::fflush(stdout);
+  }
+}
+
 int run(int argc, char** argv) {
   const std::optional<Options> parsed = parse_args(argc, argv);
   if (!parsed) {
@@ -1217,6 +1272,10 @@ int run(int argc, char** argv) {
   const DeviceBuffer flush(static_cast<size_t>(kL2FlushFactor) * std::max<size_t>(dev.l2_bytes, 1));
   if (o.floor) {
     run_floor(o, dev, flush);
+    return 0;
+  }
+  if (o.read_floor) {
+    run_read_floor(o, shapes, flush);
     return 0;
   }
   print_header();

@@ -11,7 +11,8 @@
 # fp16 and in bf16 under the read flush; "peers" times the grid with bench/bench.py beside the peer
 # kernels it can import (install_peer_wheels in offline_deps.sh), row by row in the same sitting;
 # "profile_peers" reads Nsight Compute's sections of our main kernel and FlashMLA's on compute rows
-# (scripts/profile_peers.sh)). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
+# (scripts/profile_peers.sh); "read_floor" times a plain read of each row's K-cache bytes under both
+# flushes (flashmla_bench --read-floor)). FLASHMLA_BENCH_ARGS goes to every grid run (e.g. --warmup-ms 500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
@@ -87,6 +88,15 @@ extra_grid() {
 }
 step bench_fp16 && extra_grid fp16 --dtype fp16
 step bench_read && extra_grid read --flush read
+
+if step read_floor; then
+  for flush in write read; do
+    "$BUILD_DIR/bench/flashmla_bench" --read-floor --grid bench/grid_flashmla.txt --flush "$flush" \
+      ${FLASHMLA_BENCH_ARGS:-} >"$LOG/read_floor_$flush.txt" 2>&1
+    rc=$?; ((status |= rc)); summary "read floor, flush $flush rc=$rc"
+    cat "$LOG/read_floor_$flush.txt"
+  done
+fi
 
 if step peers; then
   peer_site=$(install_peer_wheels)
