@@ -1174,6 +1174,23 @@ void write_json(const std::string& path, const std::vector<RowResult>& rows, con
   if (!out) fail("--json: error writing '" + path + "'");
 }
 
+// Captures what `enqueue` puts on `stream` (a cudaError_t; `what` names it in a failure) into a
+// graph and times its replays like a decode row's: the floors' common step.
+template <typename Enqueue>
+std::vector<double> time_captured(const Options& o, const DeviceBuffer& flush, cudaStream_t stream,
+                                  const char* what, Enqueue&& enqueue) {
+  Graph g;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const cudaError_t err = enqueue(stream);
+  const cudaError_t end_err = cudaStreamEndCapture(stream, &g.graph);
+  cuda_check(err, (std::string(what) + " (under CUDA-graph capture)").c_str(), __FILE__, __LINE__);
+  cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
+  CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+  Replayer replayer(g, o, flush, stream);
+  replayer.warm_up([] {});
+  return replayer.timed_runs();
+}
+
 // --floor: each case of launch_floor.h captured and timed like a decode row.
 void run_floor(const Options& o, const DeviceInfo& dev, const DeviceBuffer& flush) {
   Stream stream;
@@ -1184,18 +1201,10 @@ void run_floor(const Options& o, const DeviceInfo& dev, const DeviceBuffer& flus
   std::printf("%-8s %-24s | %10s %10s\n", "case", "graph", "median_us", "min_us");
   for (int c = 0; c < static_cast<int>(flashmla_bench::FloorCase::kCount); ++c) {
     const auto floor_case = static_cast<flashmla_bench::FloorCase>(c);
-    Graph g;
-    CUDA_CHECK(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
-    const cudaError_t err = flashmla_bench::enqueue_floor_case(
-        floor_case, dev.sm_count, static_cast<const uint32_t*>(chain.get()), static_cast<uint32_t*>(sink.get()),
-        stream.s);
-    const cudaError_t end_err = cudaStreamEndCapture(stream.s, &g.graph);
-    cuda_check(err, "enqueue_floor_case (under CUDA-graph capture)", __FILE__, __LINE__);
-    cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
-    CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
-    Replayer replayer(g, o, flush, stream.s);
-    replayer.warm_up([] {});
-    const std::vector<double> us = replayer.timed_runs();
+    const std::vector<double> us = time_captured(o, flush, stream.s, "enqueue_floor_case", [&](cudaStream_t st) {
+      return flashmla_bench::enqueue_floor_case(floor_case, dev.sm_count, static_cast<const uint32_t*>(chain.get()),
+                                                static_cast<uint32_t*>(sink.get()), st);
+    });
     std::printf("%-8s %-24s | %10.2f %10.2f\n", "floor", flashmla_bench::floor_case_name(floor_case), median(us),
                 *std::min_element(us.begin(), us.end()));
     std::fflush(stdout);
@@ -1222,17 +1231,9 @@ void run_read_floor(const Options& o, const std::vector<Shape>& shapes, const De
               "s_k", "read_MB", "median_us", "min_us", "read_GB/s", "row GB/s at the read's median");
   for (const Shape& s : shapes) {
     const size_t bytes = cache_bytes(s);
-    Graph g;
-    CUDA_CHECK(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
-    const cudaError_t err =
-        flashmla_bench::read_through(cache.get(), bytes, static_cast<uint32_t*>(sink.get()), stream.s);
-    const cudaError_t end_err = cudaStreamEndCapture(stream.s, &g.graph);
-    cuda_check(err, "read_through (under CUDA-graph capture)", __FILE__, __LINE__);
-    cuda_check(end_err, "cudaStreamEndCapture", __FILE__, __LINE__);
-    CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
-    Replayer replayer(g, o, flush, stream.s);
-    replayer.warm_up([] {});
-    const std::vector<double> us = replayer.timed_runs();
+    const std::vector<double> us = time_captured(o, flush, stream.s, "read_through", [&](cudaStream_t st) {
+      return flashmla_bench::read_through(cache.get(), bytes, static_cast<uint32_t*>(sink.get()), st);
+    });
     const double med = median(us);
     std::printf("%-10s %4lld %4lld %4lld %4lld %7lld | %9.1f %10.1f %10.1f %9.1f | %.1f\n", s.name.c_str(),
                 static_cast<long long>(s.batch), static_cast<long long>(s.s_q), static_cast<long long>(s.h_q),
