@@ -34,6 +34,25 @@ SAMPLE_PERIOD_S = 0.02
 CALLS_PER_SYNC = 8  # graph replays queued between checks of the clock on the wall
 PAGE_BLOCK_SIZE = 64  # the grid's page size
 GEMM_SIZE = 8192  # large enough that cuBLAS runs its steady-state tiles on every SM
+GEMM_NAME = "gemm"
+DTYPE_NAMES = ("bf16", "fp16")
+
+
+def parse_kernels(text: str, decode_names) -> list:
+    """--kernels as (spec, name, dtype) triples, checked before any CUDA work so that a typo costs
+    no device time; a bad entry's message lists every accepted name and dtype."""
+    names = list(decode_names) + [GEMM_NAME]
+    kernels = []
+    for spec in text.split(","):
+        name, sep, dtype = spec.strip().partition(":")
+        if not sep or name not in names or dtype not in DTYPE_NAMES:
+            raise ValueError(f"--kernels: {spec.strip()!r} is not NAME:DTYPE with NAME one of "
+                             f"{', '.join(names)} and DTYPE one of {', '.join(DTYPE_NAMES)}")
+        spec = f"{name}:{dtype}"
+        if any(k[0] == spec for k in kernels):
+            raise ValueError(f"--kernels: {spec!r} is given twice")
+        kernels.append((spec, name, dtype))
+    return kernels
 
 
 class Sampler(threading.Thread):
@@ -110,6 +129,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.seconds <= args.settle_s:
         raise SystemExit("--seconds must exceed --settle-s")
+    decode_names = ["flashmla", *bench.PEERS]
+    try:
+        kernels = parse_kernels(args.kernels, decode_names)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
     if not torch.cuda.is_available():
         print("power_draw.py: no CUDA device", file=sys.stderr)
@@ -121,19 +145,15 @@ def main(argv=None) -> int:
         return 1
     adapters = dict(bench.PEERS, flashmla=bench.adapter_flashmla_like("flashmla"))
     shape = bench.shape_from_args(args)
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    dtypes = dict(zip(DTYPE_NAMES, (torch.bfloat16, torch.float16)))
 
     graphs, problems, reference_out, flops = {}, {}, {}, {}
-    for spec in args.kernels.split(","):
-        name, _, dtype = spec.partition(":")
-        if name == "gemm" and dtype in dtypes:
+    for spec, name, dtype in kernels:
+        if name == GEMM_NAME:
             fn = gemm_call(args.gemm_size, dtypes[dtype], device)
             flops[spec] = 2.0 * args.gemm_size ** 3
             graphs[spec] = (bench.capture_graph(fn, args.calls_per_graph), fn)
             continue
-        if name not in adapters or dtype not in dtypes:
-            raise SystemExit(f"--kernels: {spec!r} is not NAME:DTYPE with NAME one of "
-                             f"{', '.join(adapters)} and DTYPE bf16 or fp16")
         if dtype not in problems:
             problems[dtype] = bench.build_problem(shape, dtypes[dtype], PAGE_BLOCK_SIZE, args.seed,
                                                   False, device)
