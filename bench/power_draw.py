@@ -35,7 +35,7 @@ CALLS_PER_SYNC = 8  # graph replays queued between checks of the clock on the wa
 PAGE_BLOCK_SIZE = 64  # the grid's page size
 GEMM_SIZE = 8192  # large enough that cuBLAS runs its steady-state tiles on every SM
 GEMM_NAME = "gemm"
-DTYPE_NAMES = ("bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_kernels(text: str, decode_names) -> list:
@@ -45,9 +45,9 @@ def parse_kernels(text: str, decode_names) -> list:
     kernels = []
     for spec in text.split(","):
         name, sep, dtype = spec.strip().partition(":")
-        if not sep or name not in names or dtype not in DTYPE_NAMES:
+        if not sep or name not in names or dtype not in DTYPES:
             raise ValueError(f"--kernels: {spec.strip()!r} is not NAME:DTYPE with NAME one of "
-                             f"{', '.join(names)} and DTYPE one of {', '.join(DTYPE_NAMES)}")
+                             f"{', '.join(names)} and DTYPE one of {', '.join(DTYPES)}")
         spec = f"{name}:{dtype}"
         if any(k[0] == spec for k in kernels):
             raise ValueError(f"--kernels: {spec!r} is given twice")
@@ -129,9 +129,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.seconds <= args.settle_s:
         raise SystemExit("--seconds must exceed --settle-s")
-    decode_names = ["flashmla", *bench.PEERS]
+    # Building an adapter touches no GPU: it runs only when handed a problem.
+    adapters = dict(bench.PEERS, flashmla=bench.adapter_flashmla_like("flashmla"))
     try:
-        kernels = parse_kernels(args.kernels, decode_names)
+        kernels = parse_kernels(args.kernels, adapters)
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
@@ -143,19 +144,17 @@ def main(argv=None) -> int:
     if nvml.power_w() is None:
         print("power_draw.py: NVML gives no power reading here", file=sys.stderr)
         return 1
-    adapters = dict(bench.PEERS, flashmla=bench.adapter_flashmla_like("flashmla"))
     shape = bench.shape_from_args(args)
-    dtypes = dict(zip(DTYPE_NAMES, (torch.bfloat16, torch.float16)))
 
     graphs, problems, reference_out, flops = {}, {}, {}, {}
     for spec, name, dtype in kernels:
         if name == GEMM_NAME:
-            fn = gemm_call(args.gemm_size, dtypes[dtype], device)
+            fn = gemm_call(args.gemm_size, DTYPES[dtype], device)
             flops[spec] = 2.0 * args.gemm_size ** 3
             graphs[spec] = (bench.capture_graph(fn, args.calls_per_graph), fn)
             continue
         if dtype not in problems:
-            problems[dtype] = bench.build_problem(shape, dtypes[dtype], PAGE_BLOCK_SIZE, args.seed,
+            problems[dtype] = bench.build_problem(shape, DTYPES[dtype], PAGE_BLOCK_SIZE, args.seed,
                                                   False, device)
             reference_out[dtype] = adapters["flashmla"](problems[dtype])()[0].float()
         try:
