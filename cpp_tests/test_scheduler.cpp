@@ -17,7 +17,7 @@ namespace {
 constexpr int kBlockN = FLASHMLA_BLOCK_N;
 constexpr int kWords = FLASHMLA_METADATA_WORDS;
 // Word positions of a metadata row (src/scheduler/metadata.h).
-constexpr int kBeginReq = 0, kBeginTile = 1, kEndReq = 2, kEndTile = 3, kBeginSplit = 4;
+constexpr int kBeginReq = 0, kBeginTile = 1, kEndReq = 2, kEndTile = 3, kBeginSplit = 4, kTotalTiles = 5;
 
 struct Plan {
   std::vector<int32_t> metadata;
@@ -59,13 +59,16 @@ void expect_valid_plan(const std::vector<int32_t>& seqlens, int num_sm_parts, co
   std::vector<char> slot_used;
   ASSERT_EQ(plan.num_splits[0], 0);
   for (int r = 0; r < batch; ++r) ASSERT_GE(plan.num_splits[r + 1], plan.num_splits[r] + 1) << r;
+  int64_t total_tiles = 0;
+  for (int32_t len : seqlens) total_tiles += tiles_of(len);
   const int64_t total_slots = plan.num_splits[batch];
   ASSERT_LE(total_slots, int64_t{batch} + num_sm_parts);
   slot_used.assign(static_cast<size_t>(total_slots), 0);
 
   for (int p = 0; p < num_sm_parts; ++p) {
     const int32_t* row = &plan.metadata[static_cast<size_t>(p) * kWords];
-    for (int w = kBeginSplit + 1; w < kWords; ++w) EXPECT_EQ(row[w], 0) << "reserved word";
+    EXPECT_EQ(row[kTotalTiles], std::min<int64_t>(total_tiles, INT32_MAX)) << "part " << p;
+    for (int w = kTotalTiles + 1; w < kWords; ++w) EXPECT_EQ(row[w], 0) << "reserved word";
     if (row[kBeginReq] > row[kEndReq]) continue;  // empty part
     ASSERT_GE(row[kBeginReq], 0);
     ASSERT_LT(row[kEndReq], batch);
@@ -142,6 +145,14 @@ TEST(SchedulerHost, EmptyBatch) {
   const Plan plan = plan_on_host({}, 4);
   EXPECT_EQ(plan.num_splits[0], 0);
   for (int p = 0; p < 4; ++p) EXPECT_GT(plan.metadata[p * kWords + kBeginReq], plan.metadata[p * kWords + kEndReq]);
+}
+
+TEST(SchedulerHost, TotalTilesSaturatesAtInt32Max) {
+  // 70 requests of the longest length hold about 2^31.1 tiles together.
+  const std::vector<int32_t> seqlens(70, INT32_MAX);
+  const Plan plan = plan_on_host(seqlens, 132);
+  expect_valid_plan(seqlens, 132, plan);
+  EXPECT_EQ(plan.metadata[kTotalTiles], INT32_MAX);
 }
 
 TEST(SchedulerHost, RandomBatchesSatisfyInvariants) {

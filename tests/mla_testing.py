@@ -304,9 +304,11 @@ def check_plan(lengths, metadata, num_splits) -> None:
     assert num_splits.shape == (batch + 1,)
     assert num_splits[0] == 0, "num_splits[0] must be 0"
     assert (np.diff(num_splits) >= 1).all(), "every request must be visited at least once"
-    assert (metadata[:, 5:] == 0).all(), "reserved words 5..7 must be 0"
-
     tiles = [-(-length // BLOCK_N) for length in lengths]
+    total_tiles = min(sum(tiles), np.iinfo(np.int32).max)
+    assert (metadata[:, 5] == total_tiles).all(), f"word 5 must be the plan's {total_tiles} tiles in every row"
+    assert (metadata[:, 6:] == 0).all(), "reserved words 6..7 must be 0"
+
     visits = [[] for _ in range(batch)]  # per request: (part, begin_tile, end_tile, piece)
     for part, (begin_req, begin_tile, end_req, end_tile, begin_split) in enumerate(metadata[:, :5]):
         if begin_req > end_req:

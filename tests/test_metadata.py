@@ -70,6 +70,14 @@ def test_host_plan_longest_int32_length():
     check_plan(lengths, metadata, num_splits)
 
 
+def test_host_plan_total_tiles_saturates_at_int32_max():
+    # 70 of the longest lengths hold more than 2^31 tiles together; word 5 stops at INT32_MAX.
+    lengths = [np.iinfo(np.int32).max] * 70
+    metadata, num_splits = host_plan(lengths, 132)
+    check_plan(lengths, metadata, num_splits)
+    assert metadata[0, 5] == np.iinfo(np.int32).max
+
+
 def test_host_plan_rejects_metadata_rows_with_gaps():
     lengths = [100, 200]
     wide = np.full((4, 2 * METADATA_WORDS), POISON, dtype=np.int32)

@@ -9,6 +9,8 @@
 //   end_tile             one past the last tile of end_req the part processes
 //   begin_split          partial-result slot of the part's visit to begin_req when that request is
 //                        split (see below)
+//   total_tiles          tiles of all requests together, clamped to INT32_MAX; the same in every
+//                        row (a kernel sizes its KV stream against the L2 cache by it)
 // A request between begin_req and end_req is visited whole: tiles [0, n_r).
 //
 // Every request is visited by at least one part, requests with L = 0 included (that visit writes
@@ -33,9 +35,10 @@ enum MetadataWord : int {
   kMetaEndReq = 2,
   kMetaEndTile = 3,
   kMetaBeginSplit = 4,
-  // Words 5..7 are reserved and written as 0.
+  kMetaTotalTiles = 5,
+  // Words 6..7 are reserved and written as 0.
 };
-static_assert(FLASHMLA_METADATA_WORDS > kMetaBeginSplit, "metadata row too short");
+static_assert(FLASHMLA_METADATA_WORDS > kMetaTotalTiles, "metadata row too short");
 
 // Every visit of a request costs the kernel a prologue/epilogue worth about this many tiles of
 // main-loop work (q load, output write, a combine slot); the scheduler charges it so that parts

@@ -19,8 +19,10 @@ FLASHMLA_HOST_DEVICE inline int64_t tiles_of(int32_t seqlen) {
 // anyway so that coverage never depends on that arithmetic.
 FLASHMLA_HOST_DEVICE void plan_splits(const int32_t* seqlens, int batch, int num_sm_parts,
                                       int32_t* metadata, int32_t* num_splits) {
-  int64_t total = 0;
-  for (int r = 0; r < batch; ++r) total += tiles_of(seqlens[r]) + kVisitOverheadTiles;
+  int64_t total_tiles = 0;
+  for (int r = 0; r < batch; ++r) total_tiles += tiles_of(seqlens[r]);
+  const int64_t total = total_tiles + int64_t{batch} * kVisitOverheadTiles;
+  const int32_t total_tiles_word = static_cast<int32_t>(total_tiles < INT32_MAX ? total_tiles : INT32_MAX);
   const int64_t payload = (total + num_sm_parts - 1) / num_sm_parts + kVisitOverheadTiles;
 
   int req = 0;        // next request to plan
@@ -35,6 +37,7 @@ FLASHMLA_HOST_DEVICE void plan_splits(const int32_t* seqlens, int batch, int num
     row[kMetaBeginReq] = req;
     row[kMetaBeginTile] = static_cast<int32_t>(tile);
     row[kMetaBeginSplit] = static_cast<int32_t>(slots + piece);
+    row[kMetaTotalTiles] = total_tiles_word;
     row[kMetaEndReq] = req - 1;  // empty until a visit is planned
     row[kMetaEndTile] = 0;
 

@@ -28,6 +28,11 @@ constexpr int64_t kTmaMaxStrideBytes = int64_t{1} << 40;
 constexpr unsigned int kTensorMapEncodeVersion = 12000;
 // CUDA grid limit on y and z.
 constexpr int64_t kMaxGridYZ = 65535;
+// A launch whose K is at least this many times the L2 cache streams past it: lines left dirty by
+// earlier kernels get written back during the decode, so the K loads take the default L2 policy
+// (k_cache_hint). Measured on the H100's 50 MB L2 with the default policy: K of 1.5x the L2 lost
+// 6-10%, 4.5x lost 1.7%, 6x and more gained up to 3.3% (PERFORMANCE.md, v32).
+constexpr int64_t kKStreamL2Multiple = 4;
 
 bool aligned_to(const void* ptr, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
@@ -117,9 +122,20 @@ cudaError_t make_q_tensor_map(const DecodeParams& p, CUtensorMap* map) {
   return encode_piece_map(p, p.q, dims, strides, box, map);
 }
 
+// The plan's total_tiles (metadata.h) from which K streams past the L2 cache of p.device.
+cudaError_t k_stream_tiles(const DecodeParams& p, int* tiles) {
+  int l2_bytes = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, p.device);
+  if (err != cudaSuccess) return err;
+  const int64_t tile_bytes = int64_t{kBlockN} * sm90::kHeadDim * kElementBytes * p.h_kv;
+  const int64_t needed = (kKStreamL2Multiple * l2_bytes + tile_bytes - 1) / tile_bytes;
+  *tiles = static_cast<int>(needed < INT32_MAX ? needed : INT32_MAX);
+  return cudaSuccess;
+}
+
 template <class Element>
 cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtensorMap& tma_q, bool q_by_tma,
-                   cudaStream_t stream) {
+                   int stream_tiles, cudaStream_t stream) {
   auto* kernel = &sm90::sm90_decode_kernel<Element>;
   constexpr int smem_bytes = sm90::kSharedStorageBytes<Element>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
@@ -138,7 +154,7 @@ cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtens
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, p, tma_k, tma_q, q_by_tma);
+  return cudaLaunchKernelEx(&config, kernel, p, tma_k, tma_q, q_by_tma, stream_tiles);
 }
 
 }  // namespace
@@ -203,8 +219,11 @@ cudaError_t run_sm90_decode(const DecodeParams& p, cudaStream_t stream) {
     err = make_q_tensor_map(p, &tma_q);
     if (err != cudaSuccess) return err;
   }
-  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, tma_q, q_by_tma, stream)
-                                     : launch<cutlass::half_t>(p, tma_k, tma_q, q_by_tma, stream);
+  int stream_tiles = 0;
+  err = k_stream_tiles(p, &stream_tiles);
+  if (err != cudaSuccess) return err;
+  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream)
+                                     : launch<cutlass::half_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream);
 }
 
 }  // namespace flashmla

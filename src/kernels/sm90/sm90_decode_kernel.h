@@ -65,7 +65,7 @@ __device__ __forceinline__ void allow_dependent_grids() {
 
 template <class Element>
 __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const CUtensorMap* tma_q, bool q_by_tma,
-                        SharedStorage<Element>& ss) {
+                        int k_stream_tiles, SharedStorage<Element>& ss) {
   const int warp = (threadIdx.x / 32) % (kThreadsPerWarpgroup / 32);
   const int lane = threadIdx.x % 32;
   const TileScheduler sched(p);
@@ -78,6 +78,7 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
     const TilePage first_page = tile_page(p, sched.begin_tile);
     const bool first_read = first_req <= sched.last_request() && first_page.column < p.max_blocks_per_seq;
     const int first_block = first_read ? cache_block(p, first_req, first_page.column) : 0;
+    const uint64_t k_hint = k_cache_hint(gridDim.x, sched.total_tiles, k_stream_tiles);
     PipelineState k_state;
     for (int req = first_req; req <= sched.last_request(); ++req) {
       const Visit v = sched.visit(p, req);
@@ -91,11 +92,11 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
         // round through the ring passes without consumers.
         ArrivalBarrier::wait(&ss.barriers.k_empty_early[k_state.stage], k_state.phase ^ 1);
         for (int i = 0; i < kEarlyPieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, early_piece(i), sched.kv_head, block, page.token_in_page);
+          load_k_piece(tma_k, full, stage_smem, k_hint, early_piece(i), sched.kv_head, block, page.token_in_page);
         }
         ArrivalBarrier::wait(&ss.barriers.k_empty_late[k_state.stage], k_state.phase ^ 1);
         for (int i = 0; i < kLatePieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, late_piece(i), sched.kv_head, block, page.token_in_page);
+          load_k_piece(tma_k, full, stage_smem, k_hint, late_piece(i), sched.kv_head, block, page.token_in_page);
         }
         if (req == first_req && t == sched.begin_tile) stamp(trace::kMainFirstKIssued);
         k_state.advance();
@@ -330,7 +331,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
 template <class Element>
 __global__ void __launch_bounds__(kNumThreads, 1)
     sm90_decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap tma_k,
-                       const __grid_constant__ CUtensorMap tma_q, bool q_by_tma) {
+                       const __grid_constant__ CUtensorMap tma_q, bool q_by_tma, int k_stream_tiles) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t smem_raw[];
   // Offset smem_raw itself rather than rounding an integer address: a pointer derived from the
@@ -355,7 +356,7 @@ __global__ void __launch_bounds__(kNumThreads, 1)
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce(params, &tma_k, &tma_q, q_by_tma, ss);
+    produce(params, &tma_k, &tma_q, q_by_tma, k_stream_tiles, ss);
   } else {
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
     if (warpgroup == 1) {

@@ -84,13 +84,26 @@ __device__ inline void fence_generic_to_async_proxy() {
 
 // ---- Producer ------------------------------------------------------------------------------------
 
+// The L2 policy of the K tile loads, one value per launch. Evict-first, except where one CTA is
+// the only reader of each K tile (one query tile per kv head) and the launch's K is several times
+// the L2 cache (total_tiles >= stream_tiles, set by the launch from the L2 size): there lines left
+// dirty by earlier kernels get written back during the decode either way, and under evict-first
+// the decode paid more for that than a plain read of the same bytes (PERFORMANCE.md, v30-v32).
+// Smaller K keeps evict-first, which let those lines stay put: the default policy cost small
+// decodes 6-10%.
+__device__ inline uint64_t k_cache_hint(unsigned query_tiles_per_kv_head, int total_tiles, int stream_tiles) {
+  const bool default_policy = query_tiles_per_kv_head == 1 && total_tiles >= stream_tiles;
+  return static_cast<uint64_t>(default_policy ? cute::TMA::CacheHintSm90::EVICT_NORMAL
+                                              : cute::TMA::CacheHintSm90::EVICT_FIRST);
+}
+
 // Issues the TMA of one 64-column piece of a K tile. Called by a single thread.
 template <class Element>
 __device__ inline void load_k_piece(const CUtensorMap* tma_k, uint64_t (&full)[kNumPieces], Element* stage_smem,
-                                    int piece, int kv_head, int cache_block, int token_in_page) {
-  constexpr uint64_t kEvictFirst = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
+                                    uint64_t cache_hint, int piece, int kv_head, int cache_block,
+                                    int token_in_page) {
   TransactionBarrier::arrive_and_expect_tx(&full[piece], kPieceBytes);
-  cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[piece], kEvictFirst, stage_smem + piece * kPieceElems,
+  cute::SM90_TMA_LOAD_4D::copy(tma_k, &full[piece], cache_hint, stage_smem + piece * kPieceElems,
                                piece * kPieceCols, token_in_page, kv_head, cache_block);
 }
 

@@ -35,6 +35,7 @@ struct TileScheduler {
   int begin_tile;
   int end_tile;
   int begin_split;
+  int total_tiles;  // of the whole plan, every request's
 
   __device__ explicit TileScheduler(const DecodeParams& p) {
     m_tile = static_cast<int>(blockIdx.x);
@@ -45,6 +46,7 @@ struct TileScheduler {
     end_req = meta[kMetaEndReq];
     end_tile = meta[kMetaEndTile];
     begin_split = meta[kMetaBeginSplit];
+    total_tiles = meta[kMetaTotalTiles];
   }
 
   // Requests begin_req..end_req inclusive (none when begin_req > end_req).
