@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One GPU call that checks this checkout and times one probe build against it:
+#   1. builds this checkout (with the compiler's report) and, at the same time, the probe tree's
+#      bench (a `git archive` tarball);
+#   2. smoke decode cases, then compute-sanitizer (scripts/sanitize.sh) on this checkout;
+#   3. the A/B of the probe (base) against this checkout (tree) on PROBE_GRID, PROBE_REPS times
+#      alternated (scripts/ab_bench.sh);
+#   4. DTYPE_ROWS of the grid (a case name, default "compute") in bf16 and fp16 alternated
+#      DTYPE_REPS times by the method's warm-up (DTYPE_WARMUP_MS, 1000), and a ratio table.
+# Steps: VERIFY_STEPS (default "build smoke sanitize ab dtype"). Environment otherwise as for
+# gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR); FLASHMLA_BENCH_ARGS goes to the A/B only.
+#
+# Usage: scripts/verify_and_probe.sh PROBE_TAR
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PROBE_TAR=$(realpath "${1:?usage: scripts/verify_and_probe.sh PROBE_TAR}")
+LOG=$(realpath -m "${FLASHMLA_LOG_DIR:-gpu_logs}")
+STEPS=${VERIFY_STEPS:-build smoke sanitize ab dtype}
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+mkdir -p "$LOG"
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+source scripts/offline_deps.sh
+status=0
+
+probe=$(mktemp -d)/probe
+mkdir -p "$probe" && tar xf "$PROBE_TAR" -C "$probe" || exit 1
+if step build; then
+  FLASHMLA_LOG_DIR="$LOG/probe" AB_BUILD_ONLY=1 bash scripts/ab_bench.sh "$probe" &
+  probe_pid=$!
+  FLASHMLA_GPU_STEPS=build bash scripts/gpu_check.sh | grep -E '^==|sm90_decode|spill' | head -6
+  ((status |= PIPESTATUS[0]))
+  wait "$probe_pid" || { echo "probe build failed"; exit 1; }
+fi
+for s in smoke sanitize; do
+  if step $s; then
+    FLASHMLA_GPU_STEPS=$s bash scripts/gpu_check.sh | grep -E '^=='
+    ((status |= PIPESTATUS[0]))
+  fi
+done
+((status == 0)) || exit $status
+
+if step ab; then
+  AB_BASE_BENCH="$probe/build-ab/bench/flashmla_bench" bash scripts/ab_bench.sh "$probe" \
+    "${PROBE_GRID:-bench/grid_flashmla.txt}" "${PROBE_REPS:-2}" | grep -v '^ab '
+  ((status |= PIPESTATUS[0]))
+fi
+
+if step dtype; then
+  rows="$LOG/dtype_grid.txt"
+  grep -E "^(#|${DTYPE_ROWS:-compute} )" bench/grid_flashmla.txt >"$rows"
+  for rep in $(seq 1 "${DTYPE_REPS:-2}"); do
+    for dtype in bf16 fp16; do
+      "$BUILD_DIR/bench/flashmla_bench" --grid "$rows" --dtype "$dtype" --warmup-ms "${DTYPE_WARMUP_MS:-1000}" \
+        --json "$LOG/dtype_${dtype}_rep$rep.json" >"$LOG/dtype_${dtype}_rep$rep.txt" 2>&1
+      ((status |= $?))
+    done
+  done
+  python3 - "$LOG" "${DTYPE_REPS:-2}" <<'EOF' | tee "$LOG/dtype.txt"
+import json, sys
+log, reps = sys.argv[1], int(sys.argv[2])
+runs = {d: [json.load(open(f"{log}/dtype_{d}_rep{r}.json")) for r in range(1, reps + 1)] for d in ("bf16", "fp16")}
+print(f"{'row':44} {'bf16 us':>18} {'fp16 us':>18} {'fp16/bf16':>9}")
+for i, row in enumerate(runs["bf16"][0]):
+    name = (f"{row['case']} b={row['b']} s_q={row['s_q']} h_q={row['h_q']} s_k={row['s_k']}"
+            f"{' causal' if row['causal'] else ''}")
+    b = [run[i]["median_us"] for run in runs["bf16"]]
+    f = [run[i]["median_us"] for run in runs["fp16"]]
+    fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
+    print(f"{name:44} {fmt(b):>18} {fmt(f):>18} {sum(f) / sum(b):9.3f}")
+EOF
+fi
+exit $status
