@@ -28,6 +28,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "diagnostic_util.cuh"
+
 namespace cg = cooperative_groups;
 
 namespace {
@@ -50,21 +52,6 @@ constexpr int kThreadsPerRow = kCols / kFloatsPerChunk;      // 128
 constexpr int kRowsPerPass = kConsumerThreads / kThreadsPerRow;  // 2
 constexpr int kReplays = 200;
 constexpr int kFlushL2Multiple = 2;  // the write flush memsets twice the L2 size
-
-#define CHECK(call)                                                                      \
-  do {                                                                                   \
-    const cudaError_t err_ = (call);                                                     \
-    if (err_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
-
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long ns;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  return ns;
-}
 
 // A consumer's 64 x 256 fp32 fragment (wgmma 64xN accumulator layout): pair j of row half h sits at
 // row 16 * warp + lane / 4 + 8 * h, column 8 * j + 2 * (lane % 4). Stored into rows `pitch`
@@ -102,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float row_lse[2] = {0.37f * static_cast<float>(16 * warp + lane / 4) + 0.11f * static_cast<float>(blockIdx.x),
                             0.37f * static_cast<float>(16 * warp + lane / 4 + 8) + 0.11f * static_cast<float>(blockIdx.x)};
   __syncthreads();
-  const unsigned long long start = global_ns();
+  const unsigned long long start = diag::global_ns();
 
   if constexpr (kCluster == 1) {
     if (warpgroup == 0) return;
@@ -162,15 +149,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
-  const unsigned long long end = global_ns();
+  const unsigned long long end = diag::global_ns();
   if (warpgroup > 0 && tid == 0) issue_ns[blockIdx.x * 2 + consumer] = end - start;
   // The peers may still be reading this CTA's shared memory.
   if constexpr (kCluster > 1) cg::this_cluster().sync();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 struct Buffers {
@@ -184,8 +166,8 @@ struct Buffers {
 template <int kCluster>
 void run_case(int sms, bool flush, const Buffers& b, cudaStream_t stream) {
   auto kernel = merge_kernel<kCluster>;
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  if (kCluster > 8) CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  DIAG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  if (kCluster > 8) DIAG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
 
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(kThreads);
@@ -211,28 +193,15 @@ void run_case(int sms, bool flush, const Buffers& b, cudaStream_t stream) {
   const int ctas = std::min(clusters * kCluster, sms / kCluster * kCluster);
   config.gridDim = dim3(ctas);
 
-  std::vector<unsigned long long> issue(2 * ctas);
-  std::vector<double> issue_us, event_us;
-  cudaEvent_t begin, end;
-  CHECK(cudaEventCreate(&begin));
-  CHECK(cudaEventCreate(&end));
-  for (int r = 0; r < kReplays; ++r) {
-    if (flush) CHECK(cudaMemsetAsync(b.flush, r & 0xff, b.flush_bytes, stream));
-    CHECK(cudaEventRecord(begin, stream));
-    CHECK(cudaLaunchKernelEx(&config, kernel, b.partials, b.partial_lse, b.issue_ns));
-    CHECK(cudaEventRecord(end, stream));
-    CHECK(cudaEventSynchronize(end));
-    float ms = 0.f;
-    CHECK(cudaEventElapsedTime(&ms, begin, end));
-    CHECK(cudaMemcpy(issue.data(), b.issue_ns, issue.size() * sizeof(issue[0]), cudaMemcpyDeviceToHost));
-    event_us.push_back(ms * 1e3);
-    issue_us.push_back(*std::max_element(issue.begin(), issue.end()) * 1e-3);
-  }
-  CHECK(cudaEventDestroy(begin));
-  CHECK(cudaEventDestroy(end));
+  const diag::ReplayMedians t = diag::time_replays(
+      kReplays, stream, b.issue_ns, 2 * ctas,
+      [&](int r) {
+        if (flush) DIAG_CHECK(cudaMemsetAsync(b.flush, r & 0xff, b.flush_bytes, stream));
+      },
+      [&] { DIAG_CHECK(cudaLaunchKernelEx(&config, kernel, b.partials, b.partial_lse, b.issue_ns)); });
   const double written_mb = static_cast<double>(ctas / kCluster) * kRows * (kCols + 1) * 4 / 1e6;
   std::printf("| %d | %s | %d | %.1f | %.2f | %.2f |\n", kCluster, flush ? "write" : "none", ctas, written_mb,
-              median(issue_us), median(event_us));
+              t.stamp_us, t.event_us);
 }
 
 void run_all(int sms, bool flush, const Buffers& b, cudaStream_t stream) {
@@ -247,18 +216,18 @@ void run_all(int sms, bool flush, const Buffers& b, cudaStream_t stream) {
 
 int main() {
   int device = 0;
-  CHECK(cudaGetDevice(&device));
+  DIAG_CHECK(cudaGetDevice(&device));
   cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, device));
+  DIAG_CHECK(cudaGetDeviceProperties(&prop, device));
   const int sms = prop.multiProcessorCount;
   Buffers b{};
-  CHECK(cudaMalloc(&b.partials, size_t{kRows} * kCols * 4 * sms));
-  CHECK(cudaMalloc(&b.partial_lse, size_t{kRows} * 4 * sms));
-  CHECK(cudaMalloc(&b.issue_ns, 2 * sms * sizeof(unsigned long long)));
+  DIAG_CHECK(cudaMalloc(&b.partials, size_t{kRows} * kCols * 4 * sms));
+  DIAG_CHECK(cudaMalloc(&b.partial_lse, size_t{kRows} * 4 * sms));
+  DIAG_CHECK(cudaMalloc(&b.issue_ns, 2 * sms * sizeof(unsigned long long)));
   b.flush_bytes = static_cast<size_t>(kFlushL2Multiple) * prop.l2CacheSize;
-  CHECK(cudaMalloc(&b.flush, b.flush_bytes));
+  DIAG_CHECK(cudaMalloc(&b.flush, b.flush_bytes));
   cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
+  DIAG_CHECK(cudaStreamCreate(&stream));
   std::printf("%s, %d SMs, L2 %d MB; %d replays per case, medians\n\n", prop.name, sms, prop.l2CacheSize >> 20,
               kReplays);
   std::printf(
@@ -266,10 +235,10 @@ int main() {
       "|---|---|---|---|---|---|\n");
   run_all(sms, true, b, stream);
   run_all(sms, false, b, stream);
-  CHECK(cudaStreamDestroy(stream));
-  CHECK(cudaFree(b.flush));
-  CHECK(cudaFree(b.issue_ns));
-  CHECK(cudaFree(b.partial_lse));
-  CHECK(cudaFree(b.partials));
+  DIAG_CHECK(cudaStreamDestroy(stream));
+  DIAG_CHECK(cudaFree(b.flush));
+  DIAG_CHECK(cudaFree(b.issue_ns));
+  DIAG_CHECK(cudaFree(b.partial_lse));
+  DIAG_CHECK(cudaFree(b.partials));
   return 0;
 }

@@ -31,6 +31,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "diagnostic_util.cuh"
+
 namespace {
 
 constexpr int kThreadsPerWarpgroup = 128;
@@ -59,21 +61,6 @@ const char* pattern_name(Pattern p) {
       return "bulk";
   }
   return "?";
-}
-
-#define CHECK(call)                                                                      \
-  do {                                                                                   \
-    const cudaError_t err_ = (call);                                                     \
-    if (err_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
-
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long ns;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  return ns;
 }
 
 // One accumulator pair as stored: two bf16 in 4 bytes or two fp32 in 8 bytes.
@@ -139,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t* out, unsign
     }
   }
   asm volatile("bar.sync %0, %1;" ::"r"(1 + consumer), "r"(kThreadsPerWarpgroup));
-  const unsigned long long start = global_ns();
+  const unsigned long long start = diag::global_ns();
 
   if constexpr (kPattern == Pattern::kSwizzled) {
     constexpr int kRounds = kHalfRowBytes / kSwizzledRowBytes;
@@ -201,40 +188,19 @@ __global__ void __launch_bounds__(kThreads, 1) store_kernel(uint8_t* out, unsign
       }
     }
   }
-  const unsigned long long end = global_ns();
+  const unsigned long long end = diag::global_ns();
   if (tid == 0) issue_ns[blockIdx.x * 2 + consumer] = end - start;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 template <int kPairBytes, Pattern kPattern>
 void run_case(int ctas, uint8_t* out, unsigned long long* issue_dev, cudaStream_t stream) {
   auto kernel = store_kernel<kPairBytes, kPattern>;
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  std::vector<unsigned long long> issue(2 * ctas);
-  std::vector<double> issue_us, event_us;
-  cudaEvent_t begin, end;
-  CHECK(cudaEventCreate(&begin));
-  CHECK(cudaEventCreate(&end));
-  for (int r = 0; r < kReplays; ++r) {
-    CHECK(cudaEventRecord(begin, stream));
-    kernel<<<ctas, kThreads, kSmemBytes, stream>>>(out, issue_dev);
-    CHECK(cudaGetLastError());
-    CHECK(cudaEventRecord(end, stream));
-    CHECK(cudaEventSynchronize(end));
-    float ms = 0.f;
-    CHECK(cudaEventElapsedTime(&ms, begin, end));
-    CHECK(cudaMemcpy(issue.data(), issue_dev, issue.size() * sizeof(issue[0]), cudaMemcpyDeviceToHost));
-    event_us.push_back(ms * 1e3);
-    issue_us.push_back(*std::max_element(issue.begin(), issue.end()) * 1e-3);
-  }
-  CHECK(cudaEventDestroy(begin));
-  CHECK(cudaEventDestroy(end));
+  DIAG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const diag::ReplayMedians t = diag::time_replays(
+      kReplays, stream, issue_dev, 2 * ctas, [](int) {},
+      [&] { kernel<<<ctas, kThreads, kSmemBytes, stream>>>(out, issue_dev); });
   std::printf("| %s | %s | %d | %.2f | %.2f |\n", kPairBytes == 4 ? "bf16" : "fp32", pattern_name(kPattern), ctas,
-              median(issue_us), median(event_us));
+              t.stamp_us, t.event_us);
 }
 
 template <int kPairBytes>
@@ -250,17 +216,17 @@ void run_dtype(int ctas, uint8_t* out, unsigned long long* issue_dev, cudaStream
 
 int main() {
   int device = 0;
-  CHECK(cudaGetDevice(&device));
+  DIAG_CHECK(cudaGetDevice(&device));
   cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, device));
+  DIAG_CHECK(cudaGetDeviceProperties(&prop, device));
   const int sms = prop.multiProcessorCount;
   constexpr size_t kMaxCtaBytes = size_t{kRows} * kCols * 4;
   uint8_t* out = nullptr;
   unsigned long long* issue_dev = nullptr;
-  CHECK(cudaMalloc(&out, kMaxCtaBytes * sms));
-  CHECK(cudaMalloc(&issue_dev, 2 * sms * sizeof(unsigned long long)));
+  DIAG_CHECK(cudaMalloc(&out, kMaxCtaBytes * sms));
+  DIAG_CHECK(cudaMalloc(&issue_dev, 2 * sms * sizeof(unsigned long long)));
   cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
+  DIAG_CHECK(cudaStreamCreate(&stream));
   std::printf("%s, %d SMs; %d replays per case, medians\n\n", prop.name, sms, kReplays);
   std::printf(
       "| dtype | pattern | CTAs | stores issued, us | launch (event), "
@@ -269,8 +235,8 @@ int main() {
     run_dtype<4>(ctas, out, issue_dev, stream);
     run_dtype<8>(ctas, out, issue_dev, stream);
   }
-  CHECK(cudaStreamDestroy(stream));
-  CHECK(cudaFree(issue_dev));
-  CHECK(cudaFree(out));
+  DIAG_CHECK(cudaStreamDestroy(stream));
+  DIAG_CHECK(cudaFree(issue_dev));
+  DIAG_CHECK(cudaFree(out));
   return 0;
 }
