@@ -6,9 +6,12 @@
 #   3. the A/B of the probe (base) against this checkout (tree) on PROBE_GRID, PROBE_REPS times
 #      alternated (scripts/ab_bench.sh);
 #   4. DTYPE_ROWS of the grid (a case name, default "compute") in bf16 and fp16 alternated
-#      DTYPE_REPS times by the method's warm-up (DTYPE_WARMUP_MS, 1000), and a ratio table.
-# Steps: VERIFY_STEPS (default "build smoke sanitize ab dtype"). Environment otherwise as for
-# gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR); FLASHMLA_BENCH_ARGS goes to the A/B only.
+#      DTYPE_REPS times by the method's warm-up (DTYPE_WARMUP_MS, 1000), and a ratio table;
+#   5. gpu_check.sh's steps bench (the full grid by the method), ctest and pytest, in that order.
+# Steps: VERIFY_STEPS (default "build smoke sanitize ab dtype"; add "bench", "ctest", "pytest").
+# Environment otherwise as for gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR); the A/B takes
+# its flashmla_bench options from PROBE_BENCH_ARGS (default --warmup-ms 300), the grid of step
+# bench runs with the bench's defaults.
 #
 # Usage: scripts/verify_and_probe.sh PROBE_TAR
 set -uo pipefail
@@ -40,7 +43,8 @@ done
 ((status == 0)) || exit $status
 
 if step ab; then
-  AB_BASE_BENCH="$probe/build-ab/bench/flashmla_bench" bash scripts/ab_bench.sh "$probe" \
+  FLASHMLA_BENCH_ARGS="${PROBE_BENCH_ARGS:---warmup-ms 300}" AB_BASE_BENCH="$probe/build-ab/bench/flashmla_bench" \
+    bash scripts/ab_bench.sh "$probe" \
     "${PROBE_GRID:-bench/grid_flashmla.txt}" "${PROBE_REPS:-2}" | grep -v '^ab '
   ((status |= PIPESTATUS[0]))
 fi
@@ -69,4 +73,11 @@ for i, row in enumerate(runs["bf16"][0]):
     print(f"{name:44} {fmt(b):>18} {fmt(f):>18} {sum(f) / sum(b):9.3f}")
 EOF
 fi
+
+for s in bench ctest pytest; do
+  if step $s; then
+    FLASHMLA_BENCH_ARGS= FLASHMLA_GPU_STEPS=$s bash scripts/gpu_check.sh | grep -E '^==|^(compute|memory|latency) '
+    ((status |= PIPESTATUS[0]))
+  fi
+done
 exit $status
