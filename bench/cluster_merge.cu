@@ -215,10 +215,7 @@ void run_all(int sms, bool flush, const Buffers& b, cudaStream_t stream) {
 }  // namespace
 
 int main() {
-  int device = 0;
-  DIAG_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  DIAG_CHECK(cudaGetDeviceProperties(&prop, device));
+  const cudaDeviceProp prop = diag::current_device();
   const int sms = prop.multiProcessorCount;
   Buffers b{};
   DIAG_CHECK(cudaMalloc(&b.partials, size_t{kRows} * kCols * 4 * sms));

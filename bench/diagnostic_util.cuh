@@ -1,5 +1,6 @@
 // Helpers shared by the standalone diagnostics (store_patterns.cu, cluster_merge.cu): stop on a
-// CUDA error, read the global nanosecond timer on the device, and take a median.
+// CUDA error, read the current device's properties and the global nanosecond timer, take a median,
+// time replays of a launch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,6 +25,15 @@ __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long ns;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
   return ns;
+}
+
+// The current device's properties.
+inline cudaDeviceProp current_device() {
+  int device = 0;
+  DIAG_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  DIAG_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop;
 }
 
 inline double median(std::vector<double> v) {

@@ -215,10 +215,7 @@ void run_dtype(int ctas, uint8_t* out, unsigned long long* issue_dev, cudaStream
 }  // namespace
 
 int main() {
-  int device = 0;
-  DIAG_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  DIAG_CHECK(cudaGetDeviceProperties(&prop, device));
+  const cudaDeviceProp prop = diag::current_device();
   const int sms = prop.multiProcessorCount;
   constexpr size_t kMaxCtaBytes = size_t{kRows} * kCols * 4;
   uint8_t* out = nullptr;

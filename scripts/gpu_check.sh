@@ -7,7 +7,8 @@
 # Nsight Compute per-kernel times of the latency rows; "breakdown" the fixed cost of small decodes in
 # parts (scripts/latency_breakdown.sh); "trace" the same from per-phase stamps of a trace build,
 # plus the floor of near-empty graphs (scripts/phase_trace.sh); "store_patterns" times the epilogue's store
-# patterns alone (bench/store_patterns.cu); "bench_fp16" and "bench_read" add the grid in
+# patterns alone (bench/store_patterns.cu); "cluster_merge" times merging a split's partials inside
+# a thread-block cluster (bench/cluster_merge.cu); "bench_fp16" and "bench_read" add the grid in
 # fp16 and in bf16 under the read flush; "peers" times the grid with bench/bench.py beside the peer
 # kernels it can import (install_peer_wheels in offline_deps.sh), row by row in the same sitting;
 # "profile_peers" reads Nsight Compute's sections of our main kernel and FlashMLA's on compute rows
@@ -126,6 +127,12 @@ if step store_patterns; then
   "$BUILD_DIR/bench/flashmla_store_patterns" >"$LOG/store_patterns.md" 2>&1
   rc=$?; ((status |= rc)); summary "store patterns rc=$rc"
   cat "$LOG/store_patterns.md"
+fi
+
+if step cluster_merge; then
+  "$BUILD_DIR/bench/flashmla_cluster_merge" >"$LOG/cluster_merge.md" 2>&1
+  rc=$?; ((status |= rc)); summary "cluster merge rc=$rc"
+  cat "$LOG/cluster_merge.md"
 fi
 
 if step sanitize; then
