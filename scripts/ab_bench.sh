@@ -39,20 +39,6 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$LOG" "$REPS" >"$LOG/ab.txt" <<'EOF'
-import json, sys
-log, reps = sys.argv[1], int(sys.argv[2])
-runs = {side: [json.load(open(f"{log}/ab_{side}_rep{r}.json")) for r in range(1, reps + 1)]
-        for side in ("base", "tree")}
-print(f"{'row':44} {'base us':>22} {'tree us':>22} {'change':>8}")
-for i, row in enumerate(runs["base"][0]):
-    name = (f"{row['case']} b={row['b']} s_q={row['s_q']} h_q={row['h_q']} s_k={row['s_k']}"
-            f"{' causal' if row['causal'] else ''}")
-    base = [run[i]["median_us"] for run in runs["base"]]
-    tree = [run[i]["median_us"] for run in runs["tree"]]
-    change = 100 * (sum(tree) / sum(base) - 1)
-    fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
-    print(f"{name:44} {fmt(base):>22} {fmt(tree):>22} {change:+7.1f}%")
-EOF
+python3 scripts/ab_table.py "$LOG" ab base tree "$REPS" >"$LOG/ab.txt"
 cat "$LOG/ab.txt"
 exit $status

@@ -59,19 +59,7 @@ if step dtype; then
       ((status |= $?))
     done
   done
-  python3 - "$LOG" "${DTYPE_REPS:-2}" <<'EOF' | tee "$LOG/dtype.txt"
-import json, sys
-log, reps = sys.argv[1], int(sys.argv[2])
-runs = {d: [json.load(open(f"{log}/dtype_{d}_rep{r}.json")) for r in range(1, reps + 1)] for d in ("bf16", "fp16")}
-print(f"{'row':44} {'bf16 us':>18} {'fp16 us':>18} {'fp16/bf16':>9}")
-for i, row in enumerate(runs["bf16"][0]):
-    name = (f"{row['case']} b={row['b']} s_q={row['s_q']} h_q={row['h_q']} s_k={row['s_k']}"
-            f"{' causal' if row['causal'] else ''}")
-    b = [run[i]["median_us"] for run in runs["bf16"]]
-    f = [run[i]["median_us"] for run in runs["fp16"]]
-    fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
-    print(f"{name:44} {fmt(b):>18} {fmt(f):>18} {sum(f) / sum(b):9.3f}")
-EOF
+  python3 scripts/ab_table.py "$LOG" dtype bf16 fp16 "${DTYPE_REPS:-2}" --ratio --width 18 | tee "$LOG/dtype.txt"
 fi
 
 for s in bench ctest pytest; do
