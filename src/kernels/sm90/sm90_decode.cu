@@ -30,9 +30,10 @@ constexpr unsigned int kTensorMapEncodeVersion = 12000;
 constexpr int64_t kMaxGridYZ = 65535;
 // A launch whose K is at least this many times the L2 cache streams past it: lines left dirty by
 // earlier kernels get written back during the decode, so the K loads take the default L2 policy
-// (k_cache_hint). Measured on the H100's 50 MB L2 with the default policy: K of 1.5x the L2 lost
-// 6-10%, 4.5x lost 1.7%, 6x and more gained up to 3.3% (PERFORMANCE.md, v32).
-constexpr int64_t kKStreamL2Multiple = 4;
+// (k_cache_hint). Measured on the H100's 50 MiB L2, default policy against evict-first on rows with
+// one reader per K tile: 1.4x the L2 lost 6-10%, 4.3x lost 1.3-1.7%, 5.0x tied, 5.8x and more
+// gained 0.9-3.3% (PERFORMANCE.md, v32 and the threshold probe).
+constexpr int64_t kKStreamL2Multiple = 5;
 
 bool aligned_to(const void* ptr, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
