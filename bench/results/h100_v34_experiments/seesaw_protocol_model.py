@@ -85,7 +85,7 @@ class Cta:
         self.groups = {0: [], 1: []}  # in-flight wgmma groups per consumer (lists of pieces)
         self.slot = {0: None, 1: None}  # exchange slot per stage: tile whose factors it holds
         self.sums = {0: None, 1: None}  # sum slot per consumer: visit whose sums it holds
-        self.events = []  # async completions: (kind, payload)
+        self.events = []  # TMA loads in flight: (piece, content, barrier)
 
     # ---- shared memory -------------------------------------------------------------------------
     def check_writable(self, piece, who):
@@ -102,7 +102,7 @@ class Cta:
         self.check_writable(piece, who)
         self.writing.add(piece)
         barrier.arrive(tx=1)
-        self.events.append(("tma", (piece, content, barrier)))
+        self.events.append((piece, content, barrier))
 
     def issue(self, consumer, reads, who):
         for piece, expected in reads:
@@ -292,8 +292,7 @@ def run(rng):
             raise Violation(f"deadlock: {blocked}; visits {visits}")
         kind, what = rng.choice(choices)
         if kind == "event":
-            ev, payload = cta.events.pop(what)
-            piece, content, barrier = payload
+            piece, content, barrier = cta.events.pop(what)
             cta.writing.discard(piece)
             cta.smem[piece] = content
             barrier.complete_tx()
@@ -305,7 +304,6 @@ def run(rng):
             except StopIteration:
                 del roles[what]
                 current.pop(what)
-    return len(visits)
 
 
 def main():
