@@ -27,10 +27,9 @@ def main():
                 f"{' causal' if row['causal'] else ''}")
         one = [run[i]["median_us"] for run in runs[a.first]]
         two = [run[i]["median_us"] for run in runs[a.second]]
-        if a.ratio:
-            print(f"{name:44} {fmt(one):>{w}} {fmt(two):>{w}} {sum(two) / sum(one):{max(8, len(last))}.3f}")
-        else:
-            print(f"{name:44} {fmt(one):>{w}} {fmt(two):>{w}} {100 * (sum(two) / sum(one) - 1):+7.1f}%")
+        ratio = sum(two) / sum(one)
+        third = f"{ratio:{max(8, len(last))}.3f}" if a.ratio else f"{100 * (ratio - 1):+7.1f}%"
+        print(f"{name:44} {fmt(one):>{w}} {fmt(two):>{w}} {third}")
 
 
 if __name__ == "__main__":
