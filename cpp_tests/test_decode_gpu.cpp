@@ -438,6 +438,7 @@ const DecodeCase kCases[] = {
     {kBF16, 1, 2, 20, 64, 1, false, false, true, 64},
     {kBF16, 6, 4, 1031, 1, 1, true, true, true, 64},
     {kBF16, 2, 2, 1031, 128, 1, true, true, false, 64, 0.0f, 0, false, false, true},
+    {kBF16, 2, 3, 1031, 48, 1, true, true, true, 64},
     {kFP16, 1, 1, 20, 1, 1, false, false, false, 64},
     {kFP16, 1, 1, 1031, 128, 1, false, false, false, 64},
     {kFP16, 2, 2, 1031, 128, 1, true, true, false, 64},
@@ -450,6 +451,7 @@ const DecodeCase kCases[] = {
     {kFP16, 2, 2, 140, 64, 1, false, false, false, 64, 0.0f, 0, true, true},
     {kFP16, 6, 1, 1031, 3, 3, true, true, true, 64},
     {kFP16, 1, 2, 20, 128, 2, false, false, true, 64},
+    {kFP16, 2, 3, 140, 96, 2, true, false, false, 128},
     {kFP16, 6, 1, 140, 64, 1, true, false, true, 64, 0.0f, 7, false, true, true},
 };
 

@@ -134,16 +134,24 @@ cudaError_t k_stream_tiles(const DecodeParams& p, int* tiles) {
   return cudaSuccess;
 }
 
-template <class Element>
+int query_tiles(const DecodeParams& p) { return (p.q_rows_per_kv_head + kBlockM - 1) / kBlockM; }
+
+// The seesaw schedule from this many query tiles per kv head (more than 128 query rows, e.g. s_q=2
+// with 128 heads). On the H100 A/B of every grid row through each schedule (PERFORMANCE.md, v34) it
+// gained 1-3% where a CTA's tiles are compute bound and lost 2-7% on the two-tile rows (s_q=1), whose
+// splits are short and bound by the K stream.
+constexpr int kSeesawMinQueryTiles = 3;
+
+template <class Element, sm90::Schedule kSchedule>
 cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtensorMap& tma_q, bool q_by_tma,
                    int stream_tiles, cudaStream_t stream) {
-  auto* kernel = &sm90::sm90_decode_kernel<Element>;
-  constexpr int smem_bytes = sm90::kSharedStorageBytes<Element>;
+  auto* kernel = &sm90::sm90_decode_kernel<Element, kSchedule>;
+  constexpr int smem_bytes = sm90::kSharedStorageBytes<Element, kSchedule>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
 
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>((p.q_rows_per_kv_head + kBlockM - 1) / kBlockM),
+  config.gridDim = dim3(static_cast<unsigned>(query_tiles(p)),
                         static_cast<unsigned>(p.h_kv), static_cast<unsigned>(p.num_sm_parts));
   config.blockDim = dim3(sm90::kNumThreads);
   config.dynamicSmemBytes = smem_bytes;
@@ -156,6 +164,15 @@ cudaError_t launch(const DecodeParams& p, const CUtensorMap& tma_k, const CUtens
   config.attrs = attr;
   config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, p, tma_k, tma_q, q_by_tma, stream_tiles);
+}
+
+template <class Element>
+cudaError_t launch_schedule(const DecodeParams& p, const CUtensorMap& tma_k, const CUtensorMap& tma_q,
+                            bool q_by_tma, int stream_tiles, cudaStream_t stream) {
+  if (query_tiles(p) >= kSeesawMinQueryTiles) {
+    return launch<Element, sm90::Schedule::kSeesaw>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream);
+  }
+  return launch<Element, sm90::Schedule::kSplit>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream);
 }
 
 }  // namespace
@@ -223,8 +240,9 @@ cudaError_t run_sm90_decode(const DecodeParams& p, cudaStream_t stream) {
   int stream_tiles = 0;
   err = k_stream_tiles(p, &stream_tiles);
   if (err != cudaSuccess) return err;
-  return p.dtype == DType::kBFloat16 ? launch<cutlass::bfloat16_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream)
-                                     : launch<cutlass::half_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream);
+  return p.dtype == DType::kBFloat16
+             ? launch_schedule<cutlass::bfloat16_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream)
+             : launch_schedule<cutlass::half_t>(p, tma_k, tma_q, q_by_tma, stream_tiles, stream);
 }
 
 }  // namespace flashmla

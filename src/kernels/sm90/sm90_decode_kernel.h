@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda.h>
 #include <cute/tensor.hpp>
@@ -13,48 +14,43 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "api/decode_params.h"
-#include "kernels/common/phase_trace.cuh"
 #include "kernels/sm90/sm90_epilogue.h"
 #include "kernels/sm90/sm90_kernel_traits.h"
 #include "kernels/sm90/sm90_mainloop.h"
+#include "kernels/sm90/sm90_phase_stamp.h"
+#include "kernels/sm90/sm90_seesaw.h"
 #include "kernels/sm90/sm90_softmax.h"
 #include "kernels/sm90/sm90_tile_scheduler.h"
 
 namespace flashmla::sm90 {
 
-template <class Element>
+// The split schedule exchanges P through its own tile; the seesaw puts P in the rope piece of the
+// leader's K stage and exchanges only per-row values.
+template <class Element, Schedule kSchedule>
 struct SharedStorage {
   MainloopTensorStorage<Element> tensors;
-  SoftmaxExchangeStorage<Element> exchange;
+  std::conditional_t<kSchedule == Schedule::kSeesaw, SeesawExchangeStorage, SoftmaxExchangeStorage<Element>> exchange;
   MainloopBarrierStorage barriers;
 };
 
-template <class Element>
-constexpr int kSharedStorageBytes = static_cast<int>(sizeof(SharedStorage<Element>)) + kSmemAlignment;
+template <class Element, Schedule kSchedule>
+constexpr int kSharedStorageBytes = static_cast<int>(sizeof(SharedStorage<Element, kSchedule>)) + kSmemAlignment;
 
-static_assert(offsetof(SharedStorage<cutlass::bfloat16_t>, exchange) % kSmemAlignment == 0 &&
-                  offsetof(SharedStorage<cutlass::half_t>, exchange) % kSmemAlignment == 0,
+using SplitStorageBf16 = SharedStorage<cutlass::bfloat16_t, Schedule::kSplit>;
+using SplitStorageFp16 = SharedStorage<cutlass::half_t, Schedule::kSplit>;
+static_assert(offsetof(SplitStorageBf16, exchange) % kSmemAlignment == 0 &&
+                  offsetof(SplitStorageFp16, exchange) % kSmemAlignment == 0,
               "the P tile needs 1024-byte alignment for the 128-byte swizzle");
 static_assert(sizeof(MainloopTensorStorage<cutlass::bfloat16_t>) ==
                   (kBlockM * kHeadDim + kStages * kTileElems) * kElementBytes,
               "Q + K stages are packed without padding");
-static_assert(kSharedStorageBytes<cutlass::bfloat16_t> <= kMaxSmemBytes, "shared memory plan exceeds 227 KB");
-static_assert(kSharedStorageBytes<cutlass::half_t> <= kMaxSmemBytes, "shared memory plan exceeds 227 KB");
+static_assert(kSharedStorageBytes<cutlass::bfloat16_t, Schedule::kSplit> <= kMaxSmemBytes &&
+                  kSharedStorageBytes<cutlass::half_t, Schedule::kSplit> <= kMaxSmemBytes &&
+                  kSharedStorageBytes<cutlass::bfloat16_t, Schedule::kSeesaw> <= kMaxSmemBytes &&
+                  kSharedStorageBytes<cutlass::half_t, Schedule::kSeesaw> <= kMaxSmemBytes,
+              "shared memory plan exceeds 227 KB");
 
 using NamedBarrier = cutlass::arch::NamedBarrier;
-
-#ifdef FLASHMLA_PHASE_TRACE
-// The main kernel's stamps (phase_trace.cuh); this header belongs to one translation unit.
-__device__ trace::Stamp g_main_stamps[trace::kMaxCtas * trace::kMainPhases];
-#endif
-
-__device__ __forceinline__ void stamp(trace::MainPhase phase) {
-#ifdef FLASHMLA_PHASE_TRACE
-  trace::record(g_main_stamps, trace::kMainPhases, phase);
-#else
-  (void)phase;
-#endif
-}
 
 __device__ __forceinline__ void wait_for_prior_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void allow_dependent_grids() {
@@ -63,9 +59,20 @@ __device__ __forceinline__ void allow_dependent_grids() {
 
 // ---- Producer warpgroup ----------------------------------------------------------------------------
 
-template <class Element>
+// Waits until the readers of a piece group of a stage released it, then loads the group.
+template <class Group, class Element>
+__device__ __forceinline__ void load_k_group(const CUtensorMap* tma_k, uint64_t* empty, uint32_t empty_parity,
+                                             uint64_t (&full)[kNumPieces], Element* stage_smem, uint64_t hint,
+                                             int kv_head, int block, int token_in_page) {
+  ArrivalBarrier::wait(empty, empty_parity);
+  for (int i = 0; i < Group::kCount; ++i) {
+    load_k_piece(tma_k, full, stage_smem, hint, Group::piece(i), kv_head, block, token_in_page);
+  }
+}
+
+template <Schedule kSchedule, class Storage>
 __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const CUtensorMap* tma_q, bool q_by_tma,
-                        int k_stream_tiles, SharedStorage<Element>& ss) {
+                        int k_stream_tiles, Storage& ss) {
   const int warp = (threadIdx.x / 32) % (kThreadsPerWarpgroup / 32);
   const int lane = threadIdx.x % 32;
   const TileScheduler sched(p);
@@ -86,17 +93,25 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
         const TilePage page = tile_page(p, t);
         const int block = first_read && req == first_req && t == sched.begin_tile ? first_block
                                                                                    : cache_block(p, req, page.column);
-        uint64_t(&full)[kNumPieces] = ss.barriers.k_full[k_state.stage];
-        Element* stage_smem = ss.tensors.k[k_state.stage];
+        const int s = k_state.stage;
+        uint64_t(&full)[kNumPieces] = ss.barriers.k_full[s];
+        auto* stage_smem = ss.tensors.k[s];
         // A fresh barrier counts as having completed the phase before phase 0, so the first
         // round through the ring passes without consumers.
-        ArrivalBarrier::wait(&ss.barriers.k_empty_early[k_state.stage], k_state.phase ^ 1);
-        for (int i = 0; i < kEarlyPieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, k_hint, early_piece(i), sched.kv_head, block, page.token_in_page);
-        }
-        ArrivalBarrier::wait(&ss.barriers.k_empty_late[k_state.stage], k_state.phase ^ 1);
-        for (int i = 0; i < kLatePieces; ++i) {
-          load_k_piece(tma_k, full, stage_smem, k_hint, late_piece(i), sched.kv_head, block, page.token_in_page);
+        const uint32_t parity = k_state.phase ^ 1;
+        uint64_t* early = &ss.barriers.k_empty_early[s];
+        uint64_t* late = &ss.barriers.k_empty_late[s];
+        const int head = sched.kv_head;
+        const int token = page.token_in_page;
+        if constexpr (kSchedule == Schedule::kSplit) {
+          load_k_group<EarlyGroup>(tma_k, early, parity, full, stage_smem, k_hint, head, block, token);
+          load_k_group<LateGroup>(tma_k, late, parity, full, stage_smem, k_hint, head, block, token);
+        } else if (s == 0) {
+          load_k_group<SeesawGroup<0, 0>>(tma_k, early, parity, full, stage_smem, k_hint, head, block, token);
+          load_k_group<SeesawGroup<1, 0>>(tma_k, late, parity, full, stage_smem, k_hint, head, block, token);
+        } else {
+          load_k_group<SeesawGroup<0, 1>>(tma_k, early, parity, full, stage_smem, k_hint, head, block, token);
+          load_k_group<SeesawGroup<1, 1>>(tma_k, late, parity, full, stage_smem, k_hint, head, block, token);
         }
         if (req == first_req && t == sched.begin_tile) stamp(trace::kMainFirstKIssued);
         k_state.advance();
@@ -126,38 +141,8 @@ __device__ void produce(const DecodeParams& p, const CUtensorMap* tma_k, const C
 
 // ---- Consumer 0: S = QK^T, softmax, its O half -------------------------------------------------------
 
-// Writes this thread's probabilities into the 64 x 64 P tile (a 128-byte-swizzled piece starting
-// on a 1024-byte boundary). The thread holds columns 8j + 2q, 8j + 2q + 1 (j = 0..7) of rows r and
-// r + 8, value index 2h + 4j for row half h (CLayout_64x64). Byte (row, col) of the piece is
-// row * 128 + ((col / 8 ^ row % 8) * 16) + (col % 8) * 2; the terms occupy disjoint bits, so for
-// this thread it is (r * 128 + (r % 8) * 16 + 4q) ^ (j * 16), plus 1024 for row r + 8: one XOR per
-// pair. With the general formula ptxas kept 16 addresses live across the tile loop or, under
-// register pressure, recomputed them at ~6 instructions each per tile.
-template <class Element, class TensorS, class TensorC>
-__device__ __forceinline__ void store_p(Element* p_smem, const TensorS& tSrS, const TensorC& tScS) {
-  using namespace cute;
-  constexpr uint32_t kRowBytes = kPieceCols * kElementBytes;
-  constexpr uint32_t kChunkBytes = 16;
-  constexpr uint32_t kRowHalfBytes = 8 * kRowBytes;
-  constexpr int kColGroups = kBlockN / 8;
-  static_assert(decltype(size(tSrS))::value == kRowsPerThread * kColGroups * 2, "two values per row half and group");
-  const uint32_t row = get<0>(tScS(0));
-  const uint32_t col = get<1>(tScS(0));
-  const uint32_t base =
-      cute::cast_smem_ptr_to_uint(p_smem) + row * kRowBytes + (row % 8) * kChunkBytes + col * kElementBytes;
-#pragma unroll
-  for (int h = 0; h < kRowsPerThread; ++h) {
-#pragma unroll
-    for (int j = 0; j < kColGroups; ++j) {
-      const int i = 2 * h + 4 * j;
-      const uint32_t addr = (base ^ (j * kChunkBytes)) + h * kRowHalfBytes;
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(pack_pair<Element>(tSrS(i), tSrS(i + 1))) : "memory");
-    }
-  }
-}
-
-template <class Element>
-__device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& ss) {
+template <class Element, class Storage>
+__device__ void consume_softmax(const DecodeParams& p, Storage& ss) {
   using namespace cute;
   using Traits = KernelTraits<Element>;
   const int tid = threadIdx.x % kThreadsPerWarpgroup;
@@ -196,11 +181,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       uint64_t(&full)[kNumPieces] = ss.barriers.k_full[k_state.stage];
       const int valid_rows = v.seqlen - t * kBlockN;
       if (valid_rows < kBlockN) {
-        for (int piece = 0; piece < kNumVPieces; ++piece) ArrivalBarrier::wait(&full[piece], k_state.phase);
-        zero_v_tail(stage_smem, valid_rows, tid);
-        fence_generic_to_async_proxy();
-        __syncwarp();
-        NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
+        zero_v_tail_of_stage(stage_smem, full, k_state.phase, valid_rows, tid, kBarrierSoftmaxWarpgroup);
       }
 
       gemm_qk<Traits>(ss.tensors.q, stage_smem, full, k_state.phase, tSrS, tid);
@@ -224,10 +205,7 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
       __syncwarp();
       NamedBarrier::sync(kThreadsPerWarpgroup, kBarrierSoftmaxWarpgroup);
 
-      if (warp_needs_rescale(rescale)) {
-#pragma unroll
-        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
-      }
+      rescale_rows(tOrO, rescale);
       gemm_pv<Traits>(p_smem, stage_smem, tOrO, tid);
       // QK^T and this P.V were the last readers of the early group (consumer 1 reads only the
       // late one). A staged epilogue keeps the visit's last stage until its stores have read it.
@@ -240,7 +218,8 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
 
     float inv_sum[kRowsPerThread];
     float lse[kRowsPerThread];
-    softmax.finalize(p.scale_log2, v.writes_direct() ? INFINITY : -INFINITY, inv_sum, lse);
+    constexpr float kNoOtherSum[kRowsPerThread] = {0.f, 0.f};
+    softmax.finalize(p.scale_log2, v.writes_direct() ? INFINITY : -INFINITY, kNoOtherSum, inv_sum, lse);
     ArrivalBarrier::wait(&ss.barriers.p_empty, p_phase ^ 1);
     if (tid % 4 == 0) {
 #pragma unroll
@@ -263,8 +242,8 @@ __device__ void consume_softmax(const DecodeParams& p, SharedStorage<Element>& s
 
 // ---- Consumer 1: the other O half ------------------------------------------------------------------
 
-template <class Element>
-__device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
+template <class Element, class Storage>
+__device__ void consume_pv(const DecodeParams& p, Storage& ss) {
   using namespace cute;
   using Traits = KernelTraits<Element>;
   const int tid = threadIdx.x % kThreadsPerWarpgroup;
@@ -296,10 +275,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
       for (int piece = kVPiecesPerConsumer; piece < kNumVPieces; ++piece) {
         ArrivalBarrier::wait(&ss.barriers.k_full[k_state.stage][piece], k_state.phase);
       }
-      if (warp_needs_rescale(rescale)) {
-#pragma unroll
-        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
-      }
+      rescale_rows(tOrO, rescale);
       gemm_pv<Traits>(ss.exchange.p, ss.tensors.k[k_state.stage] + kVHalfOffset, tOrO, tid);
       // Consumer 0's QK^T of this stage retired before it published P, so this P.V is the late
       // group's last reader (or, for a staged epilogue's last tile, its stores are).
@@ -328,7 +304,7 @@ __device__ void consume_pv(const DecodeParams& p, SharedStorage<Element>& ss) {
 
 // ---- The kernel ------------------------------------------------------------------------------------
 
-template <class Element>
+template <class Element, Schedule kSchedule>
 __global__ void __launch_bounds__(kNumThreads, 1)
     sm90_decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap tma_k,
                        const __grid_constant__ CUtensorMap tma_q, bool q_by_tma, int k_stream_tiles) {
@@ -339,12 +315,16 @@ __global__ void __launch_bounds__(kNumThreads, 1)
   // to shared-memory stores and loads instead of generic ones with 64-bit addresses.
   const uint32_t misalignment = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % kSmemAlignment;
   const uint32_t padding = (kSmemAlignment - misalignment) % kSmemAlignment;
-  SharedStorage<Element>& ss = *reinterpret_cast<SharedStorage<Element>*>(smem_raw + padding);
+  using Storage = SharedStorage<Element, kSchedule>;
+  Storage& ss = *reinterpret_cast<Storage*>(smem_raw + padding);
 
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kThreadsPerWarpgroup, 0);
   if (threadIdx.x == 0) {
     stamp(trace::kMainEntry);
-    init_mainloop_barriers(ss.barriers, q_by_tma);
+    // Under the seesaw both consumers read Q, and each arrives on q_empty.
+    constexpr int kQReaders = kSchedule == Schedule::kSeesaw ? kNumConsumerWarpgroups : 1;
+    init_mainloop_barriers(ss.barriers, q_by_tma, kQReaders * kThreadsPerWarpgroup);
+    if constexpr (kSchedule == Schedule::kSeesaw) init_seesaw_barriers(ss.exchange);
     cutlass::arch::fence_barrier_init();
     cute::prefetch_tma_descriptor(&tma_k);
     if (q_by_tma) cute::prefetch_tma_descriptor(&tma_q);
@@ -356,13 +336,19 @@ __global__ void __launch_bounds__(kNumThreads, 1)
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce(params, &tma_k, &tma_q, q_by_tma, k_stream_tiles, ss);
+    produce<kSchedule>(params, &tma_k, &tma_q, q_by_tma, k_stream_tiles, ss);
   } else {
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
-    if (warpgroup == 1) {
-      consume_softmax(params, ss);
+    if constexpr (kSchedule == Schedule::kSeesaw) {
+      if (warpgroup == 1) {
+        consume_seesaw<0, Element>(params, ss);
+      } else {
+        consume_seesaw<1, Element>(params, ss);
+      }
+    } else if (warpgroup == 1) {
+      consume_softmax<Element>(params, ss);
     } else {
-      consume_pv(params, ss);
+      consume_pv<Element>(params, ss);
     }
   }
   // Lets the combine kernel get scheduled; it still waits (griddepcontrol.wait) for this grid's

@@ -26,21 +26,6 @@
 
 namespace flashmla::sm90 {
 
-template <class Element>
-__device__ __forceinline__ uint32_t pack_pair(float lo, float hi);
-
-template <>
-__device__ __forceinline__ uint32_t pack_pair<cutlass::bfloat16_t>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-template <>
-__device__ __forceinline__ uint32_t pack_pair<cutlass::half_t>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // Where a packed query row of the kv head lives in q/out/lse.
 struct QueryRow {
   int s;     // query position

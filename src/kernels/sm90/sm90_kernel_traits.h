@@ -40,19 +40,34 @@ constexpr int kHeadDimVPerConsumer = kHeadDimV / kNumConsumerWarpgroups;       /
 constexpr int kVPiecesPerConsumer = kNumVPieces / kNumConsumerWarpgroups;      // 4
 constexpr int kRopePiece = kNumPieces - 1;  // the 64 rope columns: read by QK^T only
 
-// A K stage is released in two piece groups, each by the last warpgroup that reads it: the early
-// group (consumer 0's V half and the rope piece) when consumer 0's P.V retires, the late group
-// (consumer 1's V half) when consumer 1's does, which is later. The producer refills the early
-// group first and QK^T consumes it first, so the next load of a stage starts before the whole
-// stage is free.
-constexpr int kEarlyPieces = kVPiecesPerConsumer + 1;
-constexpr int kLatePieces = kNumPieces - kEarlyPieces;
-// Piece of the early group at position i: consumer 0's V pieces, then the rope piece.
-__host__ __device__ constexpr int early_piece(int i) { return i < kVPiecesPerConsumer ? i : kRopePiece; }
-// Piece of the late group at position i: consumer 1's V pieces.
-__host__ __device__ constexpr int late_piece(int i) { return kVPiecesPerConsumer + i; }
-static_assert(early_piece(kEarlyPieces - 1) == kRopePiece && late_piece(kLatePieces - 1) == kNumVPieces - 1,
-              "the two groups cover the nine pieces once each");
+// A K stage is released in two piece groups, each by the last warpgroup that reads it, and the
+// producer refills the first group before it waits for the second, so the next load of a stage
+// starts before the whole stage is free. A group: `kVPieces` V pieces from `kFirstVPiece` on, plus
+// the rope piece when `kWithRope`.
+template <int kFirstVPiece, int kVPieces, bool kWithRope>
+struct PieceGroup {
+  static constexpr int kCount = kVPieces + (kWithRope ? 1 : 0);
+  __host__ __device__ static constexpr int piece(int i) { return i < kVPieces ? kFirstVPiece + i : kRopePiece; }
+};
+// Split schedule: the early group (consumer 0's V half and the rope piece) is free when consumer 0's
+// P.V retires, the late group (consumer 1's V half) when consumer 1's does, which is later.
+using EarlyGroup = PieceGroup<0, kVPiecesPerConsumer, true>;
+using LateGroup = PieceGroup<kVPiecesPerConsumer, kVPiecesPerConsumer, false>;
+static_assert(EarlyGroup::kCount + LateGroup::kCount == kNumPieces, "the two groups cover the nine pieces");
+
+// How the two consumer warpgroups share a tile's work.
+enum class Schedule {
+  // Consumer 0 computes every S = QK^T and softmax; each consumer adds P.V to its O half.
+  kSplit,
+  // Consumer c leads the tiles of K stage c (QK^T, softmax, P into the stage's rope piece) and
+  // follows the other's: one consumer's softmax overlaps the other's GEMMs (sm90_seesaw.h).
+  kSeesaw,
+};
+
+// Seesaw piece groups: consumer c releases its V half of a stage, plus the rope piece of the
+// stage it follows (which then holds the leader's P, read only by the follower).
+template <int kConsumer, int kStage>
+using SeesawGroup = PieceGroup<kConsumer * kVPiecesPerConsumer, kVPiecesPerConsumer, kConsumer != kStage>;
 
 // setmaxnreg budget: 128 * 40 + 256 * 232 = 64512 <= 65536 registers of the SM, and the sum
 // equals the 168 per thread that __launch_bounds__(384, 1) starts every warp with.
@@ -108,6 +123,12 @@ struct KernelTraits {
                                  cute::GMMA::Major::K, cute::GMMA::Major::K>()));
   using TiledMmaO = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimVPerConsumer>,
+                                             cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>()));
+  // P.V with P from registers (the seesaw leader's own tile).
+  using TiledMmaORs = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
                                  cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimVPerConsumer>,
                                              cute::Int<kBlockN>>,
                                  cute::GMMA::Major::K, cute::GMMA::Major::MN>()));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda.h>
 #include <cute/arch/copy_sm90_desc.hpp>
@@ -31,18 +32,18 @@ struct MainloopTensorStorage {
 struct MainloopBarrierStorage {
   // K pieces landed (1 arrival + kPieceBytes of transactions per use).
   uint64_t k_full[kStages][kNumPieces];
-  // The readers of a stage's early piece group (consumer 0) and of its late group (consumer 1)
-  // are done with it (kThreadsPerWarpgroup arrivals each).
+  // Consumer 0 has released its piece group of a stage (the early one) and consumer 1 its own
+  // (the late one): kThreadsPerWarpgroup arrivals each.
   uint64_t k_empty_early[kStages];
   uint64_t k_empty_late[kStages];
   // The visit's Q tile is in shared memory: kQLoaderThreads arrivals after the cp.async gather,
   // or 1 arrival + kQTileBytes of transactions when TMA loads it.
   uint64_t q_full;
-  // Consumer 0 issued and retired the visit's last QK^T (kThreadsPerWarpgroup arrivals).
+  // The consumers that read Q issued and retired their last QK^T of the visit.
   uint64_t q_empty;
-  // Consumer 0 published P and the row factors (kThreadsPerWarpgroup arrivals).
+  // Split schedule: consumer 0 published P and the row factors; consumer 1 finished reading
+  // them (kThreadsPerWarpgroup arrivals each).
   uint64_t p_full;
-  // Consumer 1 finished reading P and the row factors (kThreadsPerWarpgroup arrivals).
   uint64_t p_empty;
 };
 
@@ -64,14 +65,15 @@ struct PipelineState {
 using TransactionBarrier = cutlass::arch::ClusterTransactionBarrier;
 using ArrivalBarrier = cutlass::arch::ClusterBarrier;
 
-__device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars, bool q_by_tma) {
+// `q_readers`: the consumer threads that arrive on q_empty once per visit with tiles.
+__device__ inline void init_mainloop_barriers(MainloopBarrierStorage& bars, bool q_by_tma, int q_readers) {
   for (int s = 0; s < kStages; ++s) {
     for (int p = 0; p < kNumPieces; ++p) TransactionBarrier::init(&bars.k_full[s][p], 1);
     ArrivalBarrier::init(&bars.k_empty_early[s], kThreadsPerWarpgroup);
     ArrivalBarrier::init(&bars.k_empty_late[s], kThreadsPerWarpgroup);
   }
   ArrivalBarrier::init(&bars.q_full, q_by_tma ? 1 : kQLoaderThreads);
-  ArrivalBarrier::init(&bars.q_empty, kThreadsPerWarpgroup);
+  ArrivalBarrier::init(&bars.q_empty, q_readers);
   ArrivalBarrier::init(&bars.p_full, kThreadsPerWarpgroup);
   ArrivalBarrier::init(&bars.p_empty, kThreadsPerWarpgroup);
 }
@@ -208,12 +210,29 @@ __device__ inline void zero_v_tail(Element* stage_smem, int first_invalid_row, i
   }
 }
 
-// S = Q K^T over the nine pieces of a K stage.
-template <class Traits, class TensorS>
-__device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits::Element* stage_smem,
-                               uint64_t (&full)[kNumPieces], uint32_t phase, TensorS& tSrS,
-                               int thread_in_warpgroup) {
+// The warpgroup that computes S of a request's last, partial tile zeroes the V rows past the request's
+// end once the V pieces have landed, and syncs its warpgroup (named barrier `barrier_id`) so that
+// its own P.V sees them; the other consumer sees them through the P exchange.
+template <class Element>
+__device__ inline void zero_v_tail_of_stage(Element* stage_smem, uint64_t (&full)[kNumPieces], uint32_t phase,
+                                            int valid_rows, int thread_in_warpgroup, uint32_t barrier_id) {
+  for (int piece = 0; piece < kNumVPieces; ++piece) ArrivalBarrier::wait(&full[piece], phase);
+  zero_v_tail(stage_smem, valid_rows, thread_in_warpgroup);
+  fence_generic_to_async_proxy();
+  __syncwarp();
+  cutlass::arch::NamedBarrier::sync(kThreadsPerWarpgroup, barrier_id);
+}
+
+// Issues S = Q K^T over the nine pieces of a K stage as two commit groups, First's pieces before
+// Second's (PieceGroup types): the group the producer refills first is consumed first, so the
+// second group's wait overlaps the first group's wgmmas. Each group waits for all its pieces, then
+// issues its wgmmas: a barrier wait between single wgmmas makes ptxas insert a wgmma.fence after it
+// (advisory C7519). Returns with the two groups in flight.
+template <class Traits, class First, class Second, class TensorS>
+__device__ inline void issue_qk(typename Traits::Element* q_smem, typename Traits::Element* stage_smem,
+                                uint64_t (&full)[kNumPieces], uint32_t phase, TensorS& tSrS, int thread_in_warpgroup) {
   using namespace cute;
+  static_assert(First::kCount + Second::kCount == kNumPieces, "the two groups cover the stage");
   typename Traits::TiledMmaS mma;
   auto thr = mma.get_thread_slice(thread_in_warpgroup);
   Tensor sQ = make_tensor(make_smem_ptr(q_smem), typename Traits::SmemLayoutQ{});
@@ -223,17 +242,14 @@ __device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits
   constexpr int kKBlocksPerPiece = kPieceCols / 16;
   static_assert(decltype(size<2>(tSrQ))::value == kNumPieces * kKBlocksPerPiece, "k-blocks per piece");
 
-  // The early piece group is refilled first (kEarlyPieces), so it is consumed first; the late
-  // group's wait then overlaps the early group's wgmmas. Each group waits for all its pieces, then
-  // issues its wgmmas as one commit group: a barrier wait between single wgmmas makes ptxas insert
-  // a wgmma.fence after it (advisory C7519).
-  auto issue_group = [&](auto piece_of, auto num_pieces) {
+  auto issue_group = [&](auto group) {
+    using Group = decltype(group);
 #pragma unroll
-    for (int i = 0; i < decltype(num_pieces)::value; ++i) ArrivalBarrier::wait(&full[piece_of(i)], phase);
+    for (int i = 0; i < Group::kCount; ++i) ArrivalBarrier::wait(&full[Group::piece(i)], phase);
     warpgroup_arrive();
 #pragma unroll
-    for (int i = 0; i < decltype(num_pieces)::value; ++i) {
-      const int p = piece_of(i);
+    for (int i = 0; i < Group::kCount; ++i) {
+      const int p = Group::piece(i);
 #pragma unroll
       for (int kb = 0; kb < kKBlocksPerPiece; ++kb) {
         cute::gemm(mma, tSrQ(_, _, p * kKBlocksPerPiece + kb), tSrK(_, _, p * kKBlocksPerPiece + kb), tSrS);
@@ -244,16 +260,25 @@ __device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits
   };
   mma.accumulate_ = GMMA::ScaleOut::Zero;
   warpgroup_fence_operand(tSrS);
-  issue_group([](int i) { return early_piece(i); }, Int<kEarlyPieces>{});
-  issue_group([](int i) { return late_piece(i); }, Int<kLatePieces>{});
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(tSrS);
+  issue_group(First{});
+  issue_group(Second{});
 }
 
-// O_half += P V_half, where V_half is this consumer's 256 dv columns of the K stage.
+// S = Q K^T over the nine pieces of a K stage, early group first (the split schedule).
+template <class Traits, class TensorS>
+__device__ inline void gemm_qk(typename Traits::Element* q_smem, typename Traits::Element* stage_smem,
+                               uint64_t (&full)[kNumPieces], uint32_t phase, TensorS& tSrS,
+                               int thread_in_warpgroup) {
+  issue_qk<Traits, EarlyGroup, LateGroup>(q_smem, stage_smem, full, phase, tSrS, thread_in_warpgroup);
+  cute::warpgroup_wait<0>();
+  cute::warpgroup_fence_operand(tSrS);
+}
+
+// Issues O_half += P V_half (P in shared memory), where V_half is this consumer's 256 dv columns of
+// the K stage, as one commit group. Returns with it in flight.
 template <class Traits, class TensorO>
-__device__ inline void gemm_pv(typename Traits::Element* p_smem, typename Traits::Element* v_half_smem,
-                               TensorO& tOrO, int thread_in_warpgroup) {
+__device__ inline void issue_pv(typename Traits::Element* p_smem, typename Traits::Element* v_half_smem,
+                                TensorO& tOrO, int thread_in_warpgroup) {
   using namespace cute;
   typename Traits::TiledMmaO mma;
   auto thr = mma.get_thread_slice(thread_in_warpgroup);
@@ -270,8 +295,48 @@ __device__ inline void gemm_pv(typename Traits::Element* p_smem, typename Traits
     cute::gemm(mma, tOrP(_, _, kb), tOrV(_, _, kb), tOrO);
   }
   warpgroup_commit_batch();
-  warpgroup_wait<0>();
+}
+
+// O_half += P V_half with P in shared memory, waited for.
+template <class Traits, class TensorO>
+__device__ inline void gemm_pv(typename Traits::Element* p_smem, typename Traits::Element* v_half_smem,
+                               TensorO& tOrO, int thread_in_warpgroup) {
+  issue_pv<Traits>(p_smem, v_half_smem, tOrO, thread_in_warpgroup);
+  cute::warpgroup_wait<0>();
+  cute::warpgroup_fence_operand(tOrO);
+}
+
+// The register fragment of P as the A operand of TiledMmaORs. For 16-bit A, the wgmma A fragment
+// of a 64 x 16 k-block holds the same (row, column) pairs, in the same order, as the 64 x 64 fp32
+// accumulator holds for columns 16 kb .. 16 kb + 15, so value i of S becomes value i of P.
+using PRegsLayout = cute::Layout<cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::_4>,
+                                 cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
+
+// Issues O_half += P V_half with P in registers (`tOrP`, PRegsLayout), as one commit group. The
+// registers of tOrP must stay untouched until it retires.
+template <class Traits, class TensorP, class TensorO>
+__device__ inline void issue_pv_rs(TensorP& tOrP, typename Traits::Element* v_half_smem, TensorO& tOrO,
+                                   int thread_in_warpgroup) {
+  using namespace cute;
+  typename Traits::TiledMmaORs mma;
+  auto thr = mma.get_thread_slice(thread_in_warpgroup);
+  Tensor sVt = make_tensor(make_smem_ptr(v_half_smem), typename Traits::SmemLayoutVtHalf{});
+  Tensor tOrV = thr.partition_fragment_B(sVt);
+  static_assert(std::is_same_v<decltype(thr.partition_fragment_A(
+                                            make_tensor(make_smem_ptr(v_half_smem), typename Traits::SmemLayoutP{}))
+                                            .layout()),
+                               PRegsLayout>,
+                "P's register layout is the one the S accumulator converts to");
+
+  mma.accumulate_ = GMMA::ScaleOut::One;
+  warpgroup_fence_operand(tOrP);
   warpgroup_fence_operand(tOrO);
+  warpgroup_arrive();
+#pragma unroll
+  for (int kb = 0; kb < decltype(size<2>(tOrP))::value; ++kb) {
+    cute::gemm(mma, tOrP(_, _, kb), tOrV(_, _, kb), tOrO);
+  }
+  warpgroup_commit_batch();
 }
 
 }  // namespace flashmla::sm90

@@ -12,7 +12,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
 
 #include "kernels/common/compensated_sum.cuh"
 #include "kernels/sm90/sm90_kernel_traits.h"
@@ -43,6 +46,51 @@ struct SoftmaxExchangeStorage {
   float row_factor[kBlockM];
 };
 
+template <class Element>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi);
+
+template <>
+__device__ __forceinline__ uint32_t pack_pair<cutlass::bfloat16_t>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <>
+__device__ __forceinline__ uint32_t pack_pair<cutlass::half_t>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Writes this thread's probabilities into the 64 x 64 P tile (a 128-byte-swizzled piece starting
+// on a 1024-byte boundary). The thread holds columns 8j + 2q, 8j + 2q + 1 (j = 0..7) of rows r and
+// r + 8, value index 2h + 4j for row half h (CLayout_64x64). Byte (row, col) of the piece is
+// row * 128 + ((col / 8 ^ row % 8) * 16) + (col % 8) * 2; the terms occupy disjoint bits, so for
+// this thread it is (r * 128 + (r % 8) * 16 + 4q) ^ (j * 16), plus 1024 for row r + 8: one XOR per
+// pair. With the general formula ptxas kept 16 addresses live across the tile loop or, under
+// register pressure, recomputed them at ~6 instructions each per tile.
+template <class Element, class TensorS, class TensorC>
+__device__ __forceinline__ void store_p(Element* p_smem, const TensorS& tSrS, const TensorC& tScS) {
+  using namespace cute;
+  constexpr uint32_t kRowBytes = kPieceCols * kElementBytes;
+  constexpr uint32_t kChunkBytes = 16;
+  constexpr uint32_t kRowHalfBytes = 8 * kRowBytes;
+  constexpr int kColGroups = kBlockN / 8;
+  static_assert(decltype(size(tSrS))::value == kRowsPerThread * kColGroups * 2, "two values per row half and group");
+  const uint32_t row = get<0>(tScS(0));
+  const uint32_t col = get<1>(tScS(0));
+  const uint32_t base =
+      cute::cast_smem_ptr_to_uint(p_smem) + row * kRowBytes + (row % 8) * kChunkBytes + col * kElementBytes;
+#pragma unroll
+  for (int h = 0; h < kRowsPerThread; ++h) {
+#pragma unroll
+    for (int j = 0; j < kColGroups; ++j) {
+      const int i = 2 * h + 4 * j;
+      const uint32_t addr = (base ^ (j * kChunkBytes)) + h * kRowHalfBytes;
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(pack_pair<Element>(tSrS(i), tSrS(i + 1))) : "memory");
+    }
+  }
+}
+
 // The reference max of a row moves only when a tile's max exceeds it by more than 2^8 in exp2
 // terms. Until then P = exp2((s - max) * scale_log2) stays below 256, well inside the range of
 // 16-bit P and of the fp32 sums, and the tile leaves the output accumulators unscaled: that skips
@@ -57,6 +105,16 @@ __device__ __forceinline__ bool warp_needs_rescale(const float (&rescale)[kRowsP
 #pragma unroll
   for (int h = 0; h < kRowsPerThread; ++h) needs |= rescale[h] != 1.f;
   return __any_sync(0xffffffffu, needs);
+}
+
+// Multiplies each row of an accumulator fragment (CLayout_64xN) by its factor, unless every row of
+// the calling warp keeps factor 1.
+template <class TensorO>
+__device__ __forceinline__ void rescale_rows(TensorO& tOrO, const float (&rescale)[kRowsPerThread]) {
+  if (warp_needs_rescale(rescale)) {
+#pragma unroll
+    for (int i = 0; i < cute::size(tOrO); ++i) tOrO(i) *= rescale[accum_row_half(i)];
+  }
 }
 
 // Independent fmaxf chains per row in the tile max (16 values per row and thread).
@@ -147,14 +205,28 @@ struct OnlineSoftmax {
     for (int h = 0; h < kRowsPerThread; ++h) row_sum[h].add(tile_sum[h]);
   }
 
+  // Seesaw follower: the leader of a tile moved the reference max to `max` with factor `rescale`;
+  // this warpgroup's share of the sums, taken against the old max, follows.
+  __device__ void follow(const float (&max)[kRowsPerThread], const float (&rescale)[kRowsPerThread]) {
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) {
+      row_max[h] = max[h];
+      if (rescale[h] != 1.f) row_sum[h].scale(rescale[h]);
+    }
+  }
+
+  // This thread's row sum, reduced over its quad (the four lanes that share its rows).
+  __device__ float quad_row_sum(int h) const { return quad_sum(row_sum[h].value()); }
+
   // 1 / row sum (0 for a row that saw no key) and the natural-log lse of each row; a row with no
-  // key gets `empty_lse` (+inf for the final output, -inf for a split-KV partial).
-  __device__ void finalize(float scale_log2, float empty_lse, float (&inv_sum)[kRowsPerThread],
-                           float (&lse)[kRowsPerThread]) const {
+  // key gets `empty_lse` (+inf for the final output, -inf for a split-KV partial). `other_sum` is
+  // what another warpgroup summed for the same rows (the seesaw's other leader), else 0.
+  __device__ void finalize(float scale_log2, float empty_lse, const float (&other_sum)[kRowsPerThread],
+                           float (&inv_sum)[kRowsPerThread], float (&lse)[kRowsPerThread]) const {
     constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int h = 0; h < kRowsPerThread; ++h) {
-      const float sum = quad_sum(row_sum[h].value());
+      const float sum = quad_row_sum(h) + other_sum[h];
       const bool empty = !(sum > 0.f);
       inv_sum[h] = empty ? 0.f : 1.f / sum;
       lse[h] = empty ? empty_lse : (row_max[h] * scale_log2 + log2f(sum)) * kLn2;
