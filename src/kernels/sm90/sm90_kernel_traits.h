@@ -68,6 +68,7 @@ enum class Schedule {
 // stage it follows (which then holds the leader's P, read only by the follower).
 template <int kConsumer, int kStage>
 using SeesawGroup = PieceGroup<kConsumer * kVPiecesPerConsumer, kVPiecesPerConsumer, kConsumer != kStage>;
+static_assert(kStages == kNumConsumerWarpgroups, "the seesaw gives each consumer one K stage to lead");
 
 // setmaxnreg budget: 128 * 40 + 256 * 232 = 64512 <= 65536 registers of the SM, and the sum
 // equals the 168 per thread that __launch_bounds__(384, 1) starts every warp with.
