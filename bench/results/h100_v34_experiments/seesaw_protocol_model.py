@@ -1,7 +1,7 @@
-"""A randomized model of the seesaw schedule's synchronisation (seesaw.patch, sm90_seesaw.h).
+"""A randomized model of the seesaw schedule's synchronisation (src/kernels/sm90/sm90_seesaw.h).
 
 Each role of a CTA (K producer, Q loader, consumer 0, consumer 1) is a generator that yields the
-operations the patch's code performs, in its order: mbarrier waits (phase parity) and arrivals,
+operations the kernel's code performs, in its order: mbarrier waits (phase parity) and arrivals,
 TMA loads (completed later by the model), wgmma commit groups (retired later, in order per
 warpgroup), wgmma waits, and generic shared-memory stores. A warpgroup is one actor; an arrival
 count of 128 threads is one arrival here. The model runs the roles under random interleavings and
