@@ -89,6 +89,10 @@ def test_import_does_not_import_array_frameworks():
 def test_public_names():
     assert set(flashmla.__all__) >= {"get_mla_metadata", "flash_mla_with_kvcache", "BACKENDS", "__version__"}
     assert flashmla.BACKENDS == ("auto", "reference", "sm90")
+    # Nothing the package imports for itself leaks as a public name; flashmla.jax is the one
+    # documented submodule, present once something imported it.
+    public = {name for name in dir(flashmla) if not name.startswith("_")}
+    assert public <= set(flashmla.__all__) | {"jax"}, public - set(flashmla.__all__)
 
 
 def test_raw_module_constants():

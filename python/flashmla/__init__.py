@@ -23,7 +23,7 @@ imported, otherwise at the first call with torch tensors), so they work under
 functions for ``jax.jit``, through XLA's FFI. ``flashmla._C`` holds the raw bindings of the C API.
 """
 
-import sys
+import sys as _sys
 
 from . import _C
 from ._interface import BACKENDS, flash_mla_with_kvcache, get_mla_metadata
@@ -32,6 +32,6 @@ __version__ = _C.version()
 
 __all__ = ["BACKENDS", "__version__", "flash_mla_with_kvcache", "get_mla_metadata"]
 
-if "torch" in sys.modules:
+if "torch" in _sys.modules:
     # torch is loaded already, so this costs nothing and torch.ops.flashmla exists from now on.
     from . import _torch_ops  # noqa: F401
