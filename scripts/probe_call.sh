@@ -26,7 +26,6 @@ log() { tee -a "$LOG/call.txt"; }
 bash scripts/verify_and_probe.sh "$PROBE_TAR" 2>&1 | log
 status=${PIPESTATUS[0]}
 ((status == 0)) || { echo "verify_and_probe failed: $status" | log; exit "$status"; }
-cat "$LOG/ab.txt" >>"$LOG/call.txt" 2>/dev/null
 
 probe_bench=$(ls "$TMPDIR"/*/probe/build-ab/bench/flashmla_bench 2>/dev/null | head -1)
 if [[ "${PROBE_CALL_L2:-1}" != 0 && -n "$probe_bench" ]]; then
