@@ -7,8 +7,12 @@
 #      alternated (scripts/ab_bench.sh);
 #   4. DTYPE_ROWS of the grid (a case name, default "compute") in bf16 and fp16 alternated
 #      DTYPE_REPS times by the method's warm-up (DTYPE_WARMUP_MS, 1000), and a ratio table;
-#   5. gpu_check.sh's steps bench (the full grid by the method), ctest and pytest, in that order.
-# Steps: VERIFY_STEPS (default "build smoke sanitize ab dtype"; add "bench", "ctest", "pytest").
+#   5. "l2": scripts/l2_traffic.sh on the probe's bench and this checkout's (DRAM bytes, L2 sectors
+#      and hit rate per shape); "peers": scripts/profile_peers.sh on PROFILE_PEERS_SHAPES
+#      (';'-separated bench.py shape flags, default the s_q=2 compute row at s_k=8192);
+#   6. gpu_check.sh's steps bench (the full grid by the method), ctest and pytest, in that order.
+# Steps: VERIFY_STEPS (default "build smoke sanitize ab dtype"; add "l2", "peers", "bench", "ctest",
+# "pytest").
 # Environment otherwise as for gpu_check.sh (FLASHMLA_DEPS_DIR, FLASHMLA_LOG_DIR); the A/B takes
 # its flashmla_bench options from PROBE_BENCH_ARGS (default --warmup-ms 300), the grid of step
 # bench runs with the bench's defaults.
@@ -60,6 +64,14 @@ if step dtype; then
     done
   done
   python3 scripts/ab_table.py "$LOG" dtype bf16 fp16 "${DTYPE_REPS:-2}" --ratio --width 18 | tee "$LOG/dtype.txt"
+fi
+
+if step l2; then
+  bash scripts/l2_traffic.sh "$LOG/l2" "probe=$probe/build-ab/bench/flashmla_bench" "tree=$BUILD_DIR/bench/flashmla_bench"
+fi
+if step peers; then
+  IFS=';' read -r -a shapes <<<"${PROFILE_PEERS_SHAPES:---s-q 2 --s-k 8192}"
+  bash scripts/profile_peers.sh "$BUILD_DIR" "$LOG/peers" "${shapes[@]}"
 fi
 
 for s in bench ctest pytest; do
