@@ -11,62 +11,12 @@
 #include <thread>
 #include <vector>
 
+#include "fake_decode_call.h"
 #include "flashmla/flashmla.h"
 
 namespace {
 
-constexpr DLDataType kBF16{kDLBfloat, 16, 1};
-constexpr DLDataType kFP16{kDLFloat, 16, 1};
-constexpr DLDataType kF32{kDLFloat, 32, 1};
-constexpr DLDataType kI32{kDLInt, 32, 1};
-
-// A tensor description that owns its shape/stride arrays.
-struct FakeTensor {
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // empty = compact
-  DLTensor t{};
-
-  FakeTensor(std::vector<int64_t> s, DLDataType dtype, uintptr_t address)
-      : shape(std::move(s)) {
-    t.data = reinterpret_cast<void*>(address);
-    t.device = {kDLCUDA, 0};
-    t.dtype = dtype;
-    refresh();
-  }
-  void refresh() {
-    t.ndim = static_cast<int32_t>(shape.size());
-    t.shape = shape.data();
-    t.strides = strides.empty() ? nullptr : strides.data();
-  }
-};
-
-// A well-formed decode call: b=2, s_q=2, h_q=16, h_kv=2, page 64, 10 cache blocks, 4 parts.
-struct DecodeCall {
-  static constexpr int64_t b = 2, s_q = 2, h_q = 16, h_kv = 2, page = 64, blocks = 10, parts = 4;
-  FakeTensor q{{b, s_q, h_q, 576}, kBF16, 0x100000};
-  FakeTensor k{{blocks, page, h_kv, 576}, kBF16, 0x200000};
-  FakeTensor table{{b, 5}, kI32, 0x300000};
-  FakeTensor seqlens{{b}, kI32, 0x400000};
-  FakeTensor metadata{{parts, FLASHMLA_METADATA_WORDS}, kI32, 0x500000};
-  FakeTensor splits{{b + 1}, kI32, 0x600000};
-  FakeTensor out{{b, s_q, h_q, 512}, kBF16, 0x700000};
-  FakeTensor lse{{b, h_q, s_q}, kF32, 0x800000};
-  flashmla_decode_args args{};
-
-  flashmla_decode_args& build() {
-    for (FakeTensor* t : {&q, &k, &table, &seqlens, &metadata, &splits, &out, &lse}) t->refresh();
-    flashmla_decode_args_init(&args);
-    args.q = &q.t;
-    args.k_cache = &k.t;
-    args.block_table = &table.t;
-    args.cache_seqlens = &seqlens.t;
-    args.tile_scheduler_metadata = &metadata.t;
-    args.num_splits = &splits.t;
-    args.out = &out.t;
-    args.lse = &lse.t;
-    return args;
-  }
-};
+using namespace flashmla_test;
 
 struct BadCase {
   const char* name;
@@ -171,6 +121,11 @@ const std::vector<BadCase>& bad_cases() {
       {"page size", [](DecodeCall& c) { c.k.shape[1] = 16; }, "k_cache: dimension 1 (page_block_size)"},
       {"page size odd", [](DecodeCall& c) { c.k.shape[1] = 96; }, "page_block_size"},
       {"h_kv divides", [](DecodeCall& c) { c.k.shape[2] = 3; }, "k_cache: h_kv (3) must divide h_q (16)"},
+      {"h_kv zero", [](DecodeCall& c) { c.k.shape[2] = 0; }, "k_cache: dimension 2 (h_kv) must be in [1, 65535], got 0"},
+      {"h_kv grid", [](DecodeCall& c) { c.k.shape[2] = 65536; }, "k_cache: dimension 2 (h_kv) must be in [1, 65535]"},
+      {"rows per kv head",
+       [](DecodeCall& c) { c.q.shape[1] = 131071; },  // 131071 * 16 / 2 rows, past 65535 * 16
+       "q: s_q * h_q / h_kv (1048568 query rows per kv head) must be at most 1048560"},
       {"table dtype", [](DecodeCall& c) { c.table.t.dtype = kFP16; }, "block_table: expected int32, got float16"},
       {"table batch", [](DecodeCall& c) { c.table.shape[0] = 3; }, "block_table: dimension 0 (b) must be 2, got 3"},
       {"table rank", [](DecodeCall& c) { c.table.shape = {10}; c.table.refresh(); }, "block_table: expected 2 dimensions"},
@@ -190,6 +145,8 @@ const std::vector<BadCase>& bad_cases() {
       {"head_dim_v", [](DecodeCall& c) { c.args.head_dim_v = 576; }, "head_dim_v: must be 512, got 576"},
       {"scale nan", [](DecodeCall& c) { c.args.softmax_scale = NAN; }, "softmax_scale: must be finite"},
       {"scale negative", [](DecodeCall& c) { c.args.softmax_scale = -1.0f; }, "softmax_scale"},
+      {"scale overflows", [](DecodeCall& c) { c.args.softmax_scale = 3e38f; },  // * log2(e) > FLT_MAX
+       "softmax_scale: must be finite and > 0, at most FLT_MAX / log2(e)"},
       {"validate", [](DecodeCall& c) { c.args.validate = 2; },
        "validate: must be 0 (trust the device values) or 1 (check them), got 2"},
       {"backend", [](DecodeCall& c) { c.args.backend = static_cast<flashmla_backend_t>(7); }, "backend: unknown value 7"},
@@ -232,20 +189,27 @@ TEST(DecodeValidation, ErrorsArePerThread) {
   EXPECT_STREQ(flashmla_get_last_error(), "args: is NULL");
 }
 
+TEST(MetadataValidation, SlotCountMustFitInt32) {
+  // num_splits' prefix sums count up to b + num_sm_parts - 1 partial slots.
+  constexpr int64_t kBatch = INT32_MAX - 2;
+  FakeTensor seqlens{{kBatch}, kI32, 0x100000000};
+  FakeTensor metadata{{4, FLASHMLA_METADATA_WORDS}, kI32, 0x900000000};
+  FakeTensor splits{{kBatch + 1}, kI32, 0xa00000000};
+  // A device no machine has: a call that passes validation stops there, before any launch.
+  for (FakeTensor* t : {&seqlens, &metadata, &splits}) t->t.device = {kDLCUDA, 4096};
+  EXPECT_EQ(flashmla_get_metadata(&seqlens.t, &metadata.t, &splits.t, nullptr), FLASHMLA_STATUS_INVALID_ARGUMENT);
+  EXPECT_STREQ(flashmla_get_last_error(), "num_splits: b + num_sm_parts (2147483645 + 4) must fit in int32");
+  metadata.shape[0] = 2;
+  EXPECT_NE(flashmla_get_metadata(&seqlens.t, &metadata.t, &splits.t, nullptr), FLASHMLA_STATUS_SUCCESS);
+  EXPECT_EQ(std::string(flashmla_get_last_error()).find("num_splits: b + num_sm_parts"), std::string::npos)
+      << flashmla_get_last_error();
+}
+
 TEST(MetadataValidation, MalformedTensorsAreNamed) {
   std::vector<int32_t> seq(4, 10), md(2 * FLASHMLA_METADATA_WORDS), ns(5);
   int64_t s_shape[1] = {4}, m_shape[2] = {2, FLASHMLA_METADATA_WORDS}, n_shape[1] = {5};
-  auto host = [](void* p, int ndim, int64_t* shape, DLDataType dtype) {
-    DLTensor t{};
-    t.data = p;
-    t.device = {kDLCPU, 0};
-    t.ndim = ndim;
-    t.shape = shape;
-    t.dtype = dtype;
-    return t;
-  };
-  DLTensor s = host(seq.data(), 1, s_shape, kI32), m = host(md.data(), 2, m_shape, kI32),
-           n = host(ns.data(), 1, n_shape, kI32);
+  DLTensor s = host_int32_tensor(seq.data(), 1, s_shape), m = host_int32_tensor(md.data(), 2, m_shape),
+           n = host_int32_tensor(ns.data(), 1, n_shape);
   ASSERT_EQ(flashmla_get_metadata(&s, &m, &n, nullptr), FLASHMLA_STATUS_SUCCESS) << flashmla_get_last_error();
 
   EXPECT_EQ(flashmla_get_metadata(nullptr, &m, &n, nullptr), FLASHMLA_STATUS_INVALID_ARGUMENT);

@@ -614,7 +614,7 @@ TEST(ApiFuzzHost, SizeQueriesGiveAValueOrANamedError) {
                                std::numeric_limits<int64_t>::min(), int64_t{1} << 31, -(int64_t{1} << 40)});
   };
   const std::set<std::string> workspace_names = {"batch", "s_q", "h_q", "num_sm_parts", "bytes",
-                                                 "batch, s_q, h_q"};
+                                                 "batch, s_q, h_q, num_sm_parts"};
   const std::set<std::string> parts_names = {"num_q_rows_per_kv_head", "num_kv_heads", "num_sm_parts",
                                              "device"};
   int failures = 0;

@@ -90,6 +90,41 @@ def test_decode_argument_errors_on_host_arrays(overrides, message):
         raw_decode(**overrides)
 
 
+def overlapping_out_and_lse():
+    """out, and an lse whose first elements are out's last bytes, in one host buffer."""
+    out_bytes, lse_bytes = B * S_Q * H_Q * 512 * 2, B * H_Q * S_Q * 4
+    buffer = np.zeros(out_bytes + lse_bytes, np.uint8)
+    out = buffer[:out_bytes].view(np.float16).reshape(B, S_Q, H_Q, 512)
+    lse = buffer[out_bytes - 4 : out_bytes - 4 + lse_bytes].view(np.float32).reshape(B, H_Q, S_Q)
+    return dict(out=out, lse=lse)
+
+
+HOST_ALIASING_ERRORS = {
+    "out-on-q": (lambda args: dict(out=args["q"][..., :512]), r"^out: shares memory with q; "),
+    "lse-in-out": (lambda args: overlapping_out_and_lse(), r"^out: shares memory with lse; "),
+    "out-broadcast": (lambda args: dict(out=np.lib.stride_tricks.as_strided(
+        np.zeros(512, np.float16), shape=(B, S_Q, H_Q, 512), strides=(0, 0, 0, 2))),
+                      r"^out: its strides give two indices the same memory \(shape \[2, 1, 2, 512\], "
+                      r"strides \[0, 0, 0, 1\]\)"),
+}
+
+
+@pytest.mark.parametrize("make, message", list(HOST_ALIASING_ERRORS.values()), ids=list(HOST_ALIASING_ERRORS))
+def test_outputs_sharing_memory_are_refused_by_name(make, message):
+    args = host_decode_args()
+    args.update(make(args))
+    with pytest.raises(ValueError, match=message):
+        _C.decode(**args)
+
+
+def test_column_slices_of_one_buffer_are_not_sharing():
+    # q and out as the two column ranges of one array: their address ranges interleave, their
+    # elements do not, so the call goes on to the device check.
+    both = np.zeros((B, S_Q, H_Q, 576 + 512), np.float16)
+    with pytest.raises(ValueError, match=r"^q: expected a CUDA device tensor, got cpu$"):
+        raw_decode(q=both[..., :576], out=both[..., 576:])
+
+
 def test_empty_arrays_have_no_layout_to_check():
     # NumPy 2 exports size-0 arrays with all strides 0; an empty tensor has no elements whose
     # layout could be wrong, so the innermost-stride rule must not reject it.

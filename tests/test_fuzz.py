@@ -324,7 +324,7 @@ def test_host_plan_is_valid_or_names_the_bad_argument():
 def test_workspace_size_is_a_value_or_names_the_bad_argument():
     rng = np.random.default_rng(SEED + 3)
     extremes = (INT64_MAX, INT64_MAX // 2, -(2**63), 2**31, -(2**40), 0, 1, -1)
-    names = {"batch", "s_q", "h_q", "num_sm_parts", "batch, s_q, h_q"}
+    names = {"batch", "s_q", "h_q", "num_sm_parts", "batch, s_q, h_q, num_sm_parts"}
     for case in range(HOST_CASES):
         args = [int(draw(rng, extremes)) if rng.integers(0, 2) else int(rng.integers(-2, 300)) for _ in range(4)]
         batch, s_q, h_q, parts = args

@@ -96,6 +96,7 @@ FLASHMLA_API flashmla_status_t flashmla_get_num_sm_parts(int device, int64_t num
  *   cache_seqlens           [b] int32, >= 0
  *   tile_scheduler_metadata [num_sm_parts, FLASHMLA_METADATA_WORDS] int32, written
  *   num_splits              [b + 1] int32, written: prefix sums of the pieces per request
+ * The two outputs share memory with nothing else given, and b + num_sm_parts fits in int32.
  * All three on the same CUDA device: a single kernel on `stream`, no host synchronisation.
  * All three in host memory (kDLCPU): computed on the host, bit-identical to the device result,
  * `stream` ignored. num_sm_parts is read from the metadata tensor's first dimension, normally the
@@ -115,11 +116,12 @@ typedef struct flashmla_decode_args {
   const DLTensor* cache_seqlens;           /* [b] int32 */
   const DLTensor* tile_scheduler_metadata; /* [num_sm_parts, 8] int32 from flashmla_get_metadata */
   const DLTensor* num_splits;              /* [b + 1] int32 from flashmla_get_metadata */
-  /* Outputs. */
+  /* Outputs. Each needs its own memory for every element, shared with no other argument (nor the
+   * workspace); tensors that only interleave, such as column slices of one array, are fine. */
   DLTensor* out; /* [b, s_q, h_q, 512], dtype of q */
   DLTensor* lse; /* [b, h_q, s_q] float32: natural-log sum of exp(scaled scores) */
   int32_t head_dim_v; /* must be 512 */
-  /* 0 selects 1/sqrt(576); otherwise finite and > 0. */
+  /* 0 selects 1/sqrt(576); otherwise finite, > 0 and at most FLT_MAX / log2(e). */
   float softmax_scale;
   /* Non-zero: query row i of a request with L tokens sees keys [0, L - s_q + i]. */
   int32_t causal;
@@ -153,7 +155,8 @@ FLASHMLA_API flashmla_status_t flashmla_decode_workspace_size(int64_t batch, int
                                                               size_t* bytes);
 
 /* Paged-KV MLA decode. Requests with 0 tokens (and causal rows that see no key) get out = 0 and
- * lse = +inf. Query head h reads KV head h / (h_q / h_kv). */
+ * lse = +inf. Query head h reads KV head h / (h_q / h_kv). Limits: h_kv <= 65535 and
+ * s_q * h_q / h_kv <= 1048560 query rows per KV head (the kernels' grids). */
 FLASHMLA_API flashmla_status_t flashmla_decode(const flashmla_decode_args* args,
                                                cudaStream_t stream);
 

@@ -9,6 +9,7 @@
 
 #include "api/decode_params.h"
 #include "api/device_guard.h"
+#include "api/memory_overlap.h"
 #include "api/tensor_checks.h"
 #include "api/workspace.h"
 #include "kernels/combine/combine.h"
@@ -62,9 +63,12 @@ flashmla_status_t check_scalars(const flashmla_decode_args& a) {
     return invalid_argument("head_dim_v: must be " + std::to_string(FLASHMLA_HEAD_DIM_V) + ", got " +
                             std::to_string(a.head_dim_v));
   }
-  if (a.softmax_scale != 0.0f && !(std::isfinite(a.softmax_scale) && a.softmax_scale > 0.0f)) {
-    return invalid_argument("softmax_scale: must be finite and > 0 (or 0 for 1/sqrt(576)), got " +
-                            std::to_string(a.softmax_scale));
+  // The kernels scale by softmax_scale * log2(e) in fp32, which must stay finite.
+  const bool scale_ok = std::isfinite(a.softmax_scale) && a.softmax_scale > 0.0f &&
+                        a.softmax_scale * kLog2E <= std::numeric_limits<float>::max();
+  if (a.softmax_scale != 0.0f && !scale_ok) {
+    return invalid_argument("softmax_scale: must be finite and > 0, at most FLT_MAX / log2(e) (or 0 "
+                            "for 1/sqrt(576)), got " + std::to_string(a.softmax_scale));
   }
   if (a.validate != 0 && a.validate != 1) {
     return invalid_argument("validate: must be 0 (trust the device values) or 1 (check them), got " +
@@ -116,15 +120,20 @@ flashmla_status_t build_params(const flashmla_decode_args& a, Plan* plan) {
                             std::to_string(FLASHMLA_BLOCK_N) + " up to " +
                             std::to_string(kMaxPageBlockSize) + ", got " + std::to_string(page));
   }
-  if (h_kv < 1) return invalid_argument("k_cache: dimension 2 (h_kv) must be >= 1, got 0");
+  FLASHMLA_TRY(check_dim_range("k_cache", k, 2, "h_kv", 1, kMaxKvHeads));
   if (h_q % h_kv != 0) {
     return invalid_argument("k_cache: h_kv (" + std::to_string(h_kv) + ") must divide h_q (" +
                             std::to_string(h_q) + ")");
   }
-  const int64_t rows_per_kv_head = s_q * (h_q / h_kv);
-  if (rows_per_kv_head > kInt32Max || s_q * h_q > kInt32Max) {
+  if (s_q * h_q > kInt32Max) {
     return invalid_argument("q: s_q * h_q (" + std::to_string(s_q) + " * " + std::to_string(h_q) +
                             ") must fit in int32");
+  }
+  const int64_t rows_per_kv_head = s_q * (h_q / h_kv);
+  if (rows_per_kv_head > kMaxQueryRowsPerKvHead) {
+    return invalid_argument("q: s_q * h_q / h_kv (" + std::to_string(rows_per_kv_head) +
+                            " query rows per kv head) must be at most " +
+                            std::to_string(kMaxQueryRowsPerKvHead));
   }
 
   FLASHMLA_TRY(check_ndim("block_table", table, 2, "[b, max_blocks_per_seq]"));
@@ -163,6 +172,11 @@ flashmla_status_t build_params(const flashmla_decode_args& a, Plan* plan) {
   FLASHMLA_TRY(check_dim("lse", lse, 2, "s_q", s_q));
 
   const int64_t num_sm_parts = metadata.shape[0];
+  // Partial slots are numbered up to b + num_sm_parts - 1 in int32 (num_splits' prefix sums).
+  if (b + num_sm_parts > kInt32Max) {
+    return invalid_argument("tile_scheduler_metadata: b + num_sm_parts (" + std::to_string(b) + " + " +
+                            std::to_string(num_sm_parts) + ") must fit in int32");
+  }
   plan->workspace = workspace_layout(b, s_q, h_q, num_sm_parts);
   if (plan->workspace.overflow) return invalid_argument("q: problem too large for a workspace");
   if (a.workspace != nullptr) {
@@ -220,6 +234,34 @@ flashmla_status_t build_params(const flashmla_decode_args& a, Plan* plan) {
   p.num_sm_parts = static_cast<int>(num_sm_parts);
   p.device = q.device.device_id;
   return FLASHMLA_STATUS_SUCCESS;
+}
+
+// Each output has its own memory, apart from every other argument: the kernels read the inputs
+// (block ids, lengths, the plan) while they write, and the combine reads the workspace while it
+// writes out and lse.
+flashmla_status_t check_outputs_alone(const flashmla_decode_args& a, const Plan& plan) {
+  FLASHMLA_TRY(check_no_self_overlap("out", *a.out));
+  FLASHMLA_TRY(check_no_self_overlap("lse", *a.lse));
+  const struct {
+    const char* name;
+    const DLTensor* tensor;
+  } inputs[] = {{"q", a.q},
+                {"k_cache", a.k_cache},
+                {"block_table", a.block_table},
+                {"cache_seqlens", a.cache_seqlens},
+                {"tile_scheduler_metadata", a.tile_scheduler_metadata},
+                {"num_splits", a.num_splits}};
+  for (const auto& input : inputs) {
+    FLASHMLA_TRY(check_disjoint("out", *a.out, input.name, *input.tensor));
+    FLASHMLA_TRY(check_disjoint("lse", *a.lse, input.name, *input.tensor));
+  }
+  FLASHMLA_TRY(check_disjoint("out", *a.out, "lse", *a.lse));
+  if (a.workspace == nullptr) return FLASHMLA_STATUS_SUCCESS;
+  for (const auto& input : inputs) {
+    FLASHMLA_TRY(check_disjoint("workspace", a.workspace, plan.workspace.total, input.name, *input.tensor));
+  }
+  FLASHMLA_TRY(check_disjoint("workspace", a.workspace, plan.workspace.total, "out", *a.out));
+  return check_disjoint("workspace", a.workspace, plan.workspace.total, "lse", *a.lse);
 }
 
 flashmla_status_t requested_backend(flashmla_backend_t from_args, flashmla_backend_t* backend) {
@@ -337,6 +379,7 @@ flashmla_status_t decode(const flashmla_decode_args* args, cudaStream_t stream) 
   FLASHMLA_TRY(check_scalars(a));
   Plan plan;
   FLASHMLA_TRY(build_params(a, &plan));
+  FLASHMLA_TRY(check_outputs_alone(a, plan));
   FLASHMLA_TRY(check_devices(a));
   flashmla_backend_t requested;
   FLASHMLA_TRY(requested_backend(a.backend, &requested));

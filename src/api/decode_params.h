@@ -15,6 +15,12 @@ namespace flashmla {
 
 enum class DType : int { kBFloat16, kFloat16 };
 
+// Grid limits every kernel honours, checked in decode.cpp: kv heads and groups of query rows run
+// on grid dimensions y and z (at most 65535 blocks), and the smallest group is 16 rows (the
+// reference kernel's CTA, the combine's largest batch of rows).
+constexpr int64_t kMaxKvHeads = 65535;
+constexpr int64_t kMaxQueryRowsPerKvHead = 65535 * 16;
+
 struct DecodeParams {
   DType dtype;
 

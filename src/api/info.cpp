@@ -33,7 +33,7 @@ extern "C" flashmla_status_t flashmla_decode_workspace_size(int64_t batch, int64
     return invalid_argument("num_sm_parts: must be >= 1, got " + std::to_string(num_sm_parts));
   }
   const flashmla::WorkspaceLayout layout = flashmla::workspace_layout(batch, s_q, h_q, num_sm_parts);
-  if (layout.overflow) return invalid_argument("batch, s_q, h_q: workspace size overflows");
+  if (layout.overflow) return invalid_argument("batch, s_q, h_q, num_sm_parts: workspace size overflows");
   *bytes = layout.total;
   return flashmla::succeed();
 }

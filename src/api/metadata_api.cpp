@@ -4,6 +4,7 @@
 #include <string>
 
 #include "api/device_guard.h"
+#include "api/memory_overlap.h"
 #include "api/tensor_checks.h"
 #include "scheduler/metadata.h"
 #include "scheduler/scheduler.h"
@@ -68,6 +69,19 @@ flashmla_status_t get_metadata(const DLTensor* seqlens_arg, DLTensor* metadata_a
   FLASHMLA_TRY(check_ndim("num_splits", num_splits, 1, "[b + 1]"));
   FLASHMLA_TRY(check_dtype("num_splits", num_splits, dtypes::kInt32));
   FLASHMLA_TRY(check_dim("num_splits", num_splits, 0, "b + 1", batch + 1));
+
+  // num_splits holds prefix sums of partial slots, up to b + num_sm_parts - 1 of them.
+  if (batch + num_sm_parts > std::numeric_limits<int32_t>::max()) {
+    return invalid_argument("num_splits: b + num_sm_parts (" + std::to_string(batch) + " + " +
+                            std::to_string(num_sm_parts) + ") must fit in int32");
+  }
+
+  // The planner reads the lengths while it writes both outputs.
+  FLASHMLA_TRY(check_no_self_overlap("tile_scheduler_metadata", metadata));
+  FLASHMLA_TRY(check_no_self_overlap("num_splits", num_splits));
+  FLASHMLA_TRY(check_disjoint("tile_scheduler_metadata", metadata, "cache_seqlens", seqlens));
+  FLASHMLA_TRY(check_disjoint("num_splits", num_splits, "cache_seqlens", seqlens));
+  FLASHMLA_TRY(check_disjoint("num_splits", num_splits, "tile_scheduler_metadata", metadata));
 
   FLASHMLA_TRY(check_same_device("tile_scheduler_metadata", metadata, "cache_seqlens", seqlens));
   FLASHMLA_TRY(check_same_device("num_splits", num_splits, "cache_seqlens", seqlens));

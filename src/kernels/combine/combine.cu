@@ -58,6 +58,11 @@ constexpr int64_t kTargetCtas = 1024;
 constexpr int kMaxRowsPerCta = 16;
 // Grid dimensions y and z are limited to this many blocks.
 constexpr int kMaxGridYZ = 65535;
+// Row groups per kv head: below kTargetCtas rows per CTA grow with the rows, so there are fewer
+// than 2 * kTargetCtas groups; at kMaxRowsPerCta the rows decode.cpp accepts still fit.
+static_assert(kMaxGridYZ >= kMaxKvHeads && 2 * kTargetCtas <= kMaxGridYZ &&
+                  int64_t{kMaxGridYZ} * kMaxRowsPerCta >= kMaxQueryRowsPerKvHead,
+              "every call decode.cpp accepts must fit the grid");
 // cudaGridDependencySynchronize() (programmatic dependent launch) exists from sm_90 on.
 constexpr int kMinArchWithDependencyWait = 90;
 

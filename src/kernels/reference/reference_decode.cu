@@ -52,6 +52,8 @@ static_assert(kHeadDim % kElemsPerVector == 0, "head_dim must be a whole number 
 constexpr int kMinCtasPerSm = 2;
 // Grid dimensions y and z are limited to this many blocks.
 constexpr int kMaxGridYZ = 65535;
+static_assert(kMaxGridYZ >= kMaxKvHeads && int64_t{kMaxGridYZ} * kRowsPerCta >= kMaxQueryRowsPerKvHead,
+              "every call decode.cpp accepts must fit the grid");
 
 struct SharedStorage {
   float q[kRowsPerCta][kHeadDim];                    // this visit's query rows, as fp32

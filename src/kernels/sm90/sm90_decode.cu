@@ -203,9 +203,10 @@ const char* sm90_unsupported_reason(const DecodeParams& p) {
       !stride_ok(p.num_cache_blocks, p.k_block_stride, kTmaStrideElems)) {
     return "the SM90 kernel's TMA needs k_cache 16-byte aligned with strides a multiple of 8 elements";
   }
-  if (p.k_token_stride * kElementBytes >= kTmaMaxStrideBytes ||
-      p.k_head_stride * kElementBytes >= kTmaMaxStrideBytes ||
-      p.k_block_stride * kElementBytes >= kTmaMaxStrideBytes) {
+  // In elements: a dimension of extent 1 may carry any stride, whose byte count could overflow.
+  constexpr int64_t kTmaMaxStrideElems = kTmaMaxStrideBytes / kElementBytes;
+  if (p.k_token_stride >= kTmaMaxStrideElems || p.k_head_stride >= kTmaMaxStrideElems ||
+      p.k_block_stride >= kTmaMaxStrideElems) {
     return "the SM90 kernel's TMA needs k_cache strides below 2^40 bytes";
   }
   // Q is gathered in 16-byte chunks or loaded by TMA.
@@ -213,8 +214,8 @@ const char* sm90_unsupported_reason(const DecodeParams& p) {
       !stride_ok(p.s_q, p.q_seq_stride, kTmaStrideElems) || !stride_ok(p.h_q, p.q_head_stride, kTmaStrideElems)) {
     return "the SM90 kernel needs q 16-byte aligned with strides a multiple of 8 elements";
   }
-  if (p.q_batch_stride * kElementBytes >= kTmaMaxStrideBytes || p.q_seq_stride * kElementBytes >= kTmaMaxStrideBytes ||
-      p.q_head_stride * kElementBytes >= kTmaMaxStrideBytes) {
+  if (p.q_batch_stride >= kTmaMaxStrideElems || p.q_seq_stride >= kTmaMaxStrideElems ||
+      p.q_head_stride >= kTmaMaxStrideElems) {
     return "the SM90 kernel needs q strides below 2^40 bytes";
   }
   // out is written two elements at a time.

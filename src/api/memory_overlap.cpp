@@ -1,0 +1,194 @@
+#include "api/memory_overlap.h"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "api/tensor_checks.h"
+
+namespace flashmla {
+namespace {
+
+// check_tensor's bound on ranks.
+constexpr int kMaxRank = 8;
+// Walking a layout visits one contiguous run per step; past this many runs the check would cost
+// more host time than a decode call should, so a larger layout is judged by its address range.
+constexpr int64_t kMaxRunsToWalk = int64_t{1} << 22;
+
+// The bytes of a tensor: element 0 at `base`, then the dimensions that have more than one index,
+// with strides in bytes, finest stride first. Addresses are unsigned 64-bit: a validated tensor's
+// reach in bytes fits (check_tensor bounds it by 2^63 / 16 elements of at most 16 bytes here).
+struct ByteLayout {
+  uint64_t base = 0;
+  uint64_t element_bytes = 1;
+  bool empty = false;
+  int ndim = 0;
+  uint64_t size[kMaxRank] = {};
+  uint64_t stride[kMaxRank] = {};
+};
+
+ByteLayout tensor_layout(const DLTensor& t) {
+  ByteLayout layout;
+  layout.base = reinterpret_cast<uintptr_t>(base_address(t));
+  layout.element_bytes = t.dtype.bits / 8;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] == 0) layout.empty = true;
+    if (t.shape[d] <= 1) continue;
+    layout.size[layout.ndim] = static_cast<uint64_t>(t.shape[d]);
+    layout.stride[layout.ndim] = static_cast<uint64_t>(stride_of(t, d)) * layout.element_bytes;
+    ++layout.ndim;
+  }
+  for (int i = 1; i < layout.ndim; ++i) {  // insertion sort by stride: at most kMaxRank entries
+    for (int j = i; j > 0 && layout.stride[j] < layout.stride[j - 1]; --j) {
+      std::swap(layout.stride[j], layout.stride[j - 1]);
+      std::swap(layout.size[j], layout.size[j - 1]);
+    }
+  }
+  return layout;
+}
+
+ByteLayout buffer_layout(const void* buffer, size_t bytes) {
+  ByteLayout layout;
+  layout.base = reinterpret_cast<uintptr_t>(buffer);
+  layout.empty = bytes == 0;
+  if (bytes > 1) {
+    layout.ndim = 1;
+    layout.size[0] = bytes;
+    layout.stride[0] = 1;
+  }
+  return layout;
+}
+
+uint64_t saturating_add(uint64_t a, uint64_t b) {
+  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max() : a + b;
+}
+
+// One past the last byte the layout reaches.
+uint64_t end_of(const ByteLayout& l) {
+  uint64_t reach = l.element_bytes;
+  for (int d = 0; d < l.ndim; ++d) reach = saturating_add(reach, (l.size[d] - 1) * l.stride[d]);
+  return saturating_add(l.base, reach);
+}
+
+// Each dimension steps past all the finer ones reach, so distinct indices hold distinct bytes and
+// the element starts increase with the index read most-significant-stride first.
+bool is_nested(const ByteLayout& l) {
+  uint64_t reach = l.element_bytes;
+  for (int d = 0; d < l.ndim; ++d) {
+    if (l.stride[d] < reach) return false;
+    reach = saturating_add(reach, (l.size[d] - 1) * l.stride[d]);
+  }
+  return true;
+}
+
+// Whether a nested layout holds a byte of [lo, hi): its last element starting at or below hi - 1,
+// found one dimension at a time from the coarsest (each step as large as it can be, which nesting
+// makes the largest start overall), must end above lo.
+bool nested_meets(const ByteLayout& l, uint64_t lo, uint64_t hi) {
+  if (hi <= lo || hi - 1 < l.base) return false;
+  uint64_t start = l.base;
+  for (int d = l.ndim - 1; d >= 0; --d) {
+    start += std::min(l.size[d] - 1, (hi - 1 - start) / l.stride[d]) * l.stride[d];
+  }
+  return start + l.element_bytes > lo;
+}
+
+// The contiguous runs a walk of `l` visits: the finest dimension whose stride is one element is
+// read as a whole; dimensions of stride 0 repeat runs already visited and are skipped.
+struct Runs {
+  uint64_t bytes;            // length of each run
+  int ndim = 0;              // dimensions stepped between runs, finest first
+  uint64_t size[kMaxRank] = {};
+  uint64_t stride[kMaxRank] = {};
+  int64_t count = 1;         // kMaxRunsToWalk + 1 when there are more
+};
+
+Runs runs_of(const ByteLayout& l) {
+  Runs runs;
+  runs.bytes = l.element_bytes;
+  bool run_taken = false;
+  for (int d = 0; d < l.ndim; ++d) {
+    if (l.stride[d] == 0) continue;
+    if (!run_taken && runs.ndim == 0 && l.stride[d] == l.element_bytes) {
+      runs.bytes = l.size[d] * l.element_bytes;
+      run_taken = true;
+      continue;
+    }
+    runs.size[runs.ndim] = l.size[d];
+    runs.stride[runs.ndim] = l.stride[d];
+    ++runs.ndim;
+    const int64_t size = static_cast<int64_t>(std::min<uint64_t>(l.size[d], kMaxRunsToWalk + 1));
+    runs.count = runs.count > kMaxRunsToWalk / size ? kMaxRunsToWalk + 1 : runs.count * size;
+  }
+  return runs;
+}
+
+// Whether any run of `walked` holds a byte of the nested layout `probed`.
+bool walk_meets(const ByteLayout& walked, const Runs& runs, const ByteLayout& probed) {
+  uint64_t index[kMaxRank] = {};
+  uint64_t at = walked.base;
+  for (int64_t r = 0; r < runs.count; ++r) {
+    if (nested_meets(probed, at, saturating_add(at, runs.bytes))) return true;
+    for (int i = 0; i < runs.ndim; ++i) {  // the next index, finest dimension first
+      if (++index[i] < runs.size[i]) {
+        at += runs.stride[i];
+        break;
+      }
+      at -= (runs.size[i] - 1) * runs.stride[i];
+      index[i] = 0;
+    }
+  }
+  return false;
+}
+
+std::string shape_and_strides(const DLTensor& t) {
+  std::string shape = "[", strides = "[";
+  for (int d = 0; d < t.ndim; ++d) {
+    const char* sep = d + 1 < t.ndim ? ", " : "]";
+    shape += std::to_string(t.shape[d]) + sep;
+    strides += std::to_string(stride_of(t, d)) + sep;
+  }
+  return "shape " + shape + ", strides " + strides;
+}
+
+// `written` is nested (an output that passed check_no_self_overlap, or a plain buffer).
+flashmla_status_t check_layouts_disjoint(const char* written_name, const ByteLayout& written,
+                                         const char* other_name, const ByteLayout& other) {
+  if (written.empty || other.empty) return FLASHMLA_STATUS_SUCCESS;
+  if (end_of(written) <= other.base || end_of(other) <= written.base) return FLASHMLA_STATUS_SUCCESS;
+  // The address ranges meet: walk the layout with fewer runs against the other, which must be
+  // nested to be probed.
+  const Runs written_runs = runs_of(written), other_runs = runs_of(other);
+  const bool walk_written = is_nested(other) && written_runs.count < other_runs.count;
+  const Runs& runs = walk_written ? written_runs : other_runs;
+  const std::string names = std::string(written_name) + ": shares memory with " + other_name;
+  if (runs.count > kMaxRunsToWalk) {
+    return invalid_argument(names + " (possibly: their address ranges meet, and the layouts are too "
+                                    "large to compare); an output must not overlap any other argument");
+  }
+  const bool meets = walk_written ? walk_meets(written, runs, other) : walk_meets(other, runs, written);
+  if (meets) return invalid_argument(names + "; an output must not overlap any other argument");
+  return FLASHMLA_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+flashmla_status_t check_no_self_overlap(const char* name, const DLTensor& t) {
+  const ByteLayout layout = tensor_layout(t);
+  if (layout.empty || is_nested(layout)) return FLASHMLA_STATUS_SUCCESS;
+  return invalid_argument(std::string(name) + ": its strides give two indices the same memory (" +
+                          shape_and_strides(t) + "); an output needs its own memory for every element");
+}
+
+flashmla_status_t check_disjoint(const char* written_name, const DLTensor& written,
+                                 const char* other_name, const DLTensor& other) {
+  return check_layouts_disjoint(written_name, tensor_layout(written), other_name, tensor_layout(other));
+}
+
+flashmla_status_t check_disjoint(const char* written_name, const void* buffer, size_t bytes,
+                                 const char* other_name, const DLTensor& other) {
+  return check_layouts_disjoint(written_name, buffer_layout(buffer, bytes), other_name, tensor_layout(other));
+}
+
+}  // namespace flashmla
