@@ -8,6 +8,8 @@
 #include <numeric>
 #include <sstream>
 
+#include "row_checks.h"
+
 namespace flashmla_test {
 namespace {
 
@@ -382,6 +384,9 @@ flashmla_status_t DecodeRunner::decode() {
   const double tolerance = s.dtype == HalfType::kBFloat16 ? kRelL2BFloat16 : kRelL2Float16;
   if (!(rel < tolerance)) return ::testing::AssertionFailure() << "out relative L2 error " << rel;
   if (!(max_abs < kMaxAbsError)) return ::testing::AssertionFailure() << "out max abs error " << max_abs;
+  const auto rows = rows_match(ref.out.data(), ref.lse.data(), output.out.data(), s.dtype, s.lengths.size(),
+                               s.s_q, s.h_q);
+  if (!rows) return rows;
   for (size_t i = 0; i < ref.lse.size(); ++i) {
     const float want = ref.lse[i], got = output.lse[i];
     const bool fine = std::isinf(want) ? (std::isinf(got) && got > 0.0f)
