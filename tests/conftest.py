@@ -72,5 +72,5 @@ def pytest_terminal_summary(terminalreporter):
         worst, count = mla_testing.ACCURACY[key]
         terminalreporter.write_line(
             f"{'/'.join(key):32s} worst {worst:.3e} over {count} runs "
-            f"(tolerance {mla_testing.OUT_REL_L2_TOL:.0e})"
+            f"(tolerance {mla_testing.out_tolerance(key[0]):.0e})"
         )

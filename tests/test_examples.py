@@ -47,6 +47,10 @@ def test_jax_example(jax_gpu):
     try:
         import flashmla.jax  # noqa: F401
     except ImportError as error:
+        # Built but not loadable is a defect (test_jax_ffi fails on it); only a build without the
+        # handlers skips.
+        if any(pathlib.Path(flashmla.__file__).parent.glob("_jax_ffi*")):
+            raise
         pytest.skip(str(error))
     run_example("jax_decode.py", *SMALL)
 
