@@ -294,6 +294,16 @@ bool mutate_tensor(Call& call, Tensor which, std::mt19937_64& rng, std::string* 
         *label = name + " rows not compact";
         return true;
       }
+      if (which == kOut || which == kLse) {
+        // An output on an input's first element. Read through the call's pointer, which other
+        // mutations of that input act on; an input without elements has no memory to share.
+        const DLTensor* input = pick<const DLTensor*>(rng, {call.args.q, call.args.k_cache, call.args.block_table});
+        if (input == nullptr || input->data == nullptr || is_empty(*input) || is_empty(t)) return false;
+        t.data = input->data;
+        t.byte_offset = input->byte_offset;
+        *label = name + " on an input";
+        return true;
+      }
       return false;
   }
 }
@@ -342,7 +352,7 @@ bool mutate_scalar(Call& call, int which, size_t needed_workspace, std::mt19937_
       break;
     case 1:
       a.softmax_scale = pick<float>(rng, {std::nanf(""), INFINITY, -INFINITY, -1.0f, -1e-30f,
-                                          -std::numeric_limits<float>::max()});
+                                          -std::numeric_limits<float>::max(), std::numeric_limits<float>::max()});
       m->slot = m->label = "softmax_scale";
       break;
     case 2: {
