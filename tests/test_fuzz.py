@@ -129,7 +129,7 @@ def wrong_size(name, array, rng):
 
 def mutate_array(name, array, rng):
     """(new array, description), or None when the drawn kind does not apply."""
-    kind = int(rng.integers(0, 6))
+    kind = int(rng.integers(0, 7))
     if kind == 0:
         return np.empty(array.shape, wrong_dtype(name, rng)), f"{name} dtype"
     if kind == 1:
@@ -146,6 +146,12 @@ def mutate_array(name, array, rng):
         if array.size == 0 or not axes:
             return None
         return np.flip(array, axis=int(rng.choice(axes))), f"{name} reversed"
+    if kind == 6:
+        # An output whose requests all share one row of memory.
+        if name not in ("out", "lse") or array.size == 0 or array.shape[0] < 2:
+            return None
+        strides = (0,) + array.strides[1:]
+        return np.lib.stride_tricks.as_strided(array, strides=strides), f"{name} repeated over b"
     return wrong_size(name, array, rng)
 
 
