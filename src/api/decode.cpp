@@ -238,30 +238,30 @@ flashmla_status_t build_params(const flashmla_decode_args& a, Plan* plan) {
 
 // Each output has its own memory, apart from every other argument: the kernels read the inputs
 // (block ids, lengths, the plan) while they write, and the combine reads the workspace while it
-// writes out and lse.
+// writes out and lse. Each footprint is worked out once: the checks run on every call.
 flashmla_status_t check_outputs_alone(const flashmla_decode_args& a, const Plan& plan) {
-  FLASHMLA_TRY(check_no_self_overlap("out", *a.out));
-  FLASHMLA_TRY(check_no_self_overlap("lse", *a.lse));
+  const Footprint out(*a.out), lse(*a.lse);
+  FLASHMLA_TRY(check_no_self_overlap("out", *a.out, out));
+  FLASHMLA_TRY(check_no_self_overlap("lse", *a.lse, lse));
+  FLASHMLA_TRY(check_disjoint("out", out, "lse", lse));
   const struct {
     const char* name;
-    const DLTensor* tensor;
-  } inputs[] = {{"q", a.q},
-                {"k_cache", a.k_cache},
-                {"block_table", a.block_table},
-                {"cache_seqlens", a.cache_seqlens},
-                {"tile_scheduler_metadata", a.tile_scheduler_metadata},
-                {"num_splits", a.num_splits}};
+    Footprint footprint;
+  } inputs[] = {{"q", Footprint(*a.q)},
+                {"k_cache", Footprint(*a.k_cache)},
+                {"block_table", Footprint(*a.block_table)},
+                {"cache_seqlens", Footprint(*a.cache_seqlens)},
+                {"tile_scheduler_metadata", Footprint(*a.tile_scheduler_metadata)},
+                {"num_splits", Footprint(*a.num_splits)}};
   for (const auto& input : inputs) {
-    FLASHMLA_TRY(check_disjoint("out", *a.out, input.name, *input.tensor));
-    FLASHMLA_TRY(check_disjoint("lse", *a.lse, input.name, *input.tensor));
+    FLASHMLA_TRY(check_disjoint("out", out, input.name, input.footprint));
+    FLASHMLA_TRY(check_disjoint("lse", lse, input.name, input.footprint));
   }
-  FLASHMLA_TRY(check_disjoint("out", *a.out, "lse", *a.lse));
   if (a.workspace == nullptr) return FLASHMLA_STATUS_SUCCESS;
-  for (const auto& input : inputs) {
-    FLASHMLA_TRY(check_disjoint("workspace", a.workspace, plan.workspace.total, input.name, *input.tensor));
-  }
-  FLASHMLA_TRY(check_disjoint("workspace", a.workspace, plan.workspace.total, "out", *a.out));
-  return check_disjoint("workspace", a.workspace, plan.workspace.total, "lse", *a.lse);
+  const Footprint workspace(a.workspace, plan.workspace.total);
+  for (const auto& input : inputs) FLASHMLA_TRY(check_disjoint("workspace", workspace, input.name, input.footprint));
+  FLASHMLA_TRY(check_disjoint("workspace", workspace, "out", out));
+  return check_disjoint("workspace", workspace, "lse", lse);
 }
 
 flashmla_status_t requested_backend(flashmla_backend_t from_args, flashmla_backend_t* backend) {

@@ -10,62 +10,16 @@
 namespace flashmla {
 namespace {
 
-// check_tensor's bound on ranks.
-constexpr int kMaxRank = 8;
 // Walking a layout visits one contiguous run per step; past this many runs the check would cost
 // more host time than a decode call should, so a larger layout is judged by its address range.
 constexpr int64_t kMaxRunsToWalk = int64_t{1} << 22;
-
-// The bytes of a tensor: element 0 at `base`, then the dimensions that have more than one index,
-// with strides in bytes, finest stride first. Addresses are unsigned 64-bit: a validated tensor's
-// reach in bytes fits (check_tensor bounds it by 2^63 / 16 elements of at most 16 bytes here).
-struct ByteLayout {
-  uint64_t base = 0;
-  uint64_t element_bytes = 1;
-  bool empty = false;
-  int ndim = 0;
-  uint64_t size[kMaxRank] = {};
-  uint64_t stride[kMaxRank] = {};
-};
-
-ByteLayout tensor_layout(const DLTensor& t) {
-  ByteLayout layout;
-  layout.base = reinterpret_cast<uintptr_t>(base_address(t));
-  layout.element_bytes = t.dtype.bits / 8;
-  for (int d = 0; d < t.ndim; ++d) {
-    if (t.shape[d] == 0) layout.empty = true;
-    if (t.shape[d] <= 1) continue;
-    layout.size[layout.ndim] = static_cast<uint64_t>(t.shape[d]);
-    layout.stride[layout.ndim] = static_cast<uint64_t>(stride_of(t, d)) * layout.element_bytes;
-    ++layout.ndim;
-  }
-  for (int i = 1; i < layout.ndim; ++i) {  // insertion sort by stride: at most kMaxRank entries
-    for (int j = i; j > 0 && layout.stride[j] < layout.stride[j - 1]; --j) {
-      std::swap(layout.stride[j], layout.stride[j - 1]);
-      std::swap(layout.size[j], layout.size[j - 1]);
-    }
-  }
-  return layout;
-}
-
-ByteLayout buffer_layout(const void* buffer, size_t bytes) {
-  ByteLayout layout;
-  layout.base = reinterpret_cast<uintptr_t>(buffer);
-  layout.empty = bytes == 0;
-  if (bytes > 1) {
-    layout.ndim = 1;
-    layout.size[0] = bytes;
-    layout.stride[0] = 1;
-  }
-  return layout;
-}
 
 uint64_t saturating_add(uint64_t a, uint64_t b) {
   return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max() : a + b;
 }
 
 // One past the last byte the layout reaches.
-uint64_t end_of(const ByteLayout& l) {
+uint64_t end_of(const Footprint& l) {
   uint64_t reach = l.element_bytes;
   for (int d = 0; d < l.ndim; ++d) reach = saturating_add(reach, (l.size[d] - 1) * l.stride[d]);
   return saturating_add(l.base, reach);
@@ -73,7 +27,7 @@ uint64_t end_of(const ByteLayout& l) {
 
 // Each dimension steps past all the finer ones reach, so distinct indices hold distinct bytes and
 // the element starts increase with the index read most-significant-stride first.
-bool is_nested(const ByteLayout& l) {
+bool is_nested(const Footprint& l) {
   uint64_t reach = l.element_bytes;
   for (int d = 0; d < l.ndim; ++d) {
     if (l.stride[d] < reach) return false;
@@ -85,7 +39,7 @@ bool is_nested(const ByteLayout& l) {
 // Whether a nested layout holds a byte of [lo, hi): its last element starting at or below hi - 1,
 // found one dimension at a time from the coarsest (each step as large as it can be, which nesting
 // makes the largest start overall), must end above lo.
-bool nested_meets(const ByteLayout& l, uint64_t lo, uint64_t hi) {
+bool nested_meets(const Footprint& l, uint64_t lo, uint64_t hi) {
   if (hi <= lo || hi - 1 < l.base) return false;
   uint64_t start = l.base;
   for (int d = l.ndim - 1; d >= 0; --d) {
@@ -99,12 +53,12 @@ bool nested_meets(const ByteLayout& l, uint64_t lo, uint64_t hi) {
 struct Runs {
   uint64_t bytes;            // length of each run
   int ndim = 0;              // dimensions stepped between runs, finest first
-  uint64_t size[kMaxRank] = {};
-  uint64_t stride[kMaxRank] = {};
+  uint64_t size[kMaxOverlapRank] = {};
+  uint64_t stride[kMaxOverlapRank] = {};
   int64_t count = 1;         // kMaxRunsToWalk + 1 when there are more
 };
 
-Runs runs_of(const ByteLayout& l) {
+Runs runs_of(const Footprint& l) {
   Runs runs;
   runs.bytes = l.element_bytes;
   bool run_taken = false;
@@ -125,8 +79,8 @@ Runs runs_of(const ByteLayout& l) {
 }
 
 // Whether any run of `walked` holds a byte of the nested layout `probed`.
-bool walk_meets(const ByteLayout& walked, const Runs& runs, const ByteLayout& probed) {
-  uint64_t index[kMaxRank] = {};
+bool walk_meets(const Footprint& walked, const Runs& runs, const Footprint& probed) {
+  uint64_t index[kMaxOverlapRank] = {};
   uint64_t at = walked.base;
   for (int64_t r = 0; r < runs.count; ++r) {
     if (nested_meets(probed, at, saturating_add(at, runs.bytes))) return true;
@@ -152,11 +106,48 @@ std::string shape_and_strides(const DLTensor& t) {
   return "shape " + shape + ", strides " + strides;
 }
 
-// `written` is nested (an output that passed check_no_self_overlap, or a plain buffer).
-flashmla_status_t check_layouts_disjoint(const char* written_name, const ByteLayout& written,
-                                         const char* other_name, const ByteLayout& other) {
+}  // namespace
+
+Footprint::Footprint(const DLTensor& t) {
+  base = reinterpret_cast<uintptr_t>(base_address(t));
+  element_bytes = t.dtype.bits / 8;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] == 0) empty = true;
+    if (t.shape[d] <= 1) continue;
+    size[ndim] = static_cast<uint64_t>(t.shape[d]);
+    stride[ndim] = static_cast<uint64_t>(stride_of(t, d)) * element_bytes;
+    ++ndim;
+  }
+  for (int i = 1; i < ndim; ++i) {  // insertion sort by stride: at most kMaxOverlapRank entries
+    for (int j = i; j > 0 && stride[j] < stride[j - 1]; --j) {
+      std::swap(stride[j], stride[j - 1]);
+      std::swap(size[j], size[j - 1]);
+    }
+  }
+  end = end_of(*this);
+}
+
+Footprint::Footprint(const void* buffer, size_t bytes) {
+  base = reinterpret_cast<uintptr_t>(buffer);
+  empty = bytes == 0;
+  if (bytes > 1) {
+    ndim = 1;
+    size[0] = bytes;
+    stride[0] = 1;
+  }
+  end = end_of(*this);
+}
+
+flashmla_status_t check_no_self_overlap(const char* name, const DLTensor& t, const Footprint& f) {
+  if (f.empty || is_nested(f)) return FLASHMLA_STATUS_SUCCESS;
+  return invalid_argument(std::string(name) + ": its strides give two indices the same memory (" +
+                          shape_and_strides(t) + "); an output needs its own memory for every element");
+}
+
+flashmla_status_t check_disjoint(const char* written_name, const Footprint& written, const char* other_name,
+                                 const Footprint& other) {
   if (written.empty || other.empty) return FLASHMLA_STATUS_SUCCESS;
-  if (end_of(written) <= other.base || end_of(other) <= written.base) return FLASHMLA_STATUS_SUCCESS;
+  if (written.end <= other.base || other.end <= written.base) return FLASHMLA_STATUS_SUCCESS;
   // The address ranges meet: walk the layout with fewer runs against the other, which must be
   // nested to be probed.
   const Runs written_runs = runs_of(written), other_runs = runs_of(other);
@@ -170,25 +161,6 @@ flashmla_status_t check_layouts_disjoint(const char* written_name, const ByteLay
   const bool meets = walk_written ? walk_meets(written, runs, other) : walk_meets(other, runs, written);
   if (meets) return invalid_argument(names + "; an output must not overlap any other argument");
   return FLASHMLA_STATUS_SUCCESS;
-}
-
-}  // namespace
-
-flashmla_status_t check_no_self_overlap(const char* name, const DLTensor& t) {
-  const ByteLayout layout = tensor_layout(t);
-  if (layout.empty || is_nested(layout)) return FLASHMLA_STATUS_SUCCESS;
-  return invalid_argument(std::string(name) + ": its strides give two indices the same memory (" +
-                          shape_and_strides(t) + "); an output needs its own memory for every element");
-}
-
-flashmla_status_t check_disjoint(const char* written_name, const DLTensor& written,
-                                 const char* other_name, const DLTensor& other) {
-  return check_layouts_disjoint(written_name, tensor_layout(written), other_name, tensor_layout(other));
-}
-
-flashmla_status_t check_disjoint(const char* written_name, const void* buffer, size_t bytes,
-                                 const char* other_name, const DLTensor& other) {
-  return check_layouts_disjoint(written_name, buffer_layout(buffer, bytes), other_name, tensor_layout(other));
 }
 
 }  // namespace flashmla

@@ -13,19 +13,36 @@
 
 namespace flashmla {
 
-// An output's indices must reach distinct elements: no zero stride across a dimension with more
-// than one index, no dimension that steps inside another's reach. Expects a tensor that passed
-// check_tensor.
-flashmla_status_t check_no_self_overlap(const char* name, const DLTensor& t);
+// check_tensor's bound on ranks.
+constexpr int kMaxOverlapRank = 8;
 
-// The tensor `written` (an output, already through check_no_self_overlap) shares no byte with
+// The bytes one argument covers, worked out once per call: element 0 at `base`, then the
+// dimensions that have more than one index, with strides in bytes, finest stride first. Addresses
+// are unsigned 64-bit: a validated tensor's reach in bytes fits (check_tensor bounds it by 2^63 / 16
+// elements, and elements here are at most 4 bytes).
+struct Footprint {
+  uint64_t base = 0;
+  uint64_t end = 0;  // one past the last byte reached
+  uint64_t element_bytes = 1;
+  bool empty = false;
+  int ndim = 0;
+  uint64_t size[kMaxOverlapRank];
+  uint64_t stride[kMaxOverlapRank];
+
+  // Of a tensor that passed check_tensor.
+  explicit Footprint(const DLTensor& t);
+  // Of a caller's buffer (the decode workspace).
+  Footprint(const void* buffer, size_t bytes);
+};
+
+// An output's indices must reach distinct elements: no zero stride across a dimension with more
+// than one index, no dimension that steps inside another's reach.
+flashmla_status_t check_no_self_overlap(const char* name, const DLTensor& t, const Footprint& f);
+
+// The output `written` (through check_no_self_overlap, or a plain buffer) shares no byte with
 // `other`. Exact whenever both layouts can be walked cheaply; a layout too large to walk whose
 // address range meets the output's is refused as possibly overlapping.
-flashmla_status_t check_disjoint(const char* written_name, const DLTensor& written,
-                                 const char* other_name, const DLTensor& other);
-
-// As above, for a caller's buffer of `bytes` bytes (the decode workspace) as the output.
-flashmla_status_t check_disjoint(const char* written_name, const void* buffer, size_t bytes,
-                                 const char* other_name, const DLTensor& other);
+flashmla_status_t check_disjoint(const char* written_name, const Footprint& written, const char* other_name,
+                                 const Footprint& other);
 
 }  // namespace flashmla

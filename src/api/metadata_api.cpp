@@ -77,11 +77,12 @@ flashmla_status_t get_metadata(const DLTensor* seqlens_arg, DLTensor* metadata_a
   }
 
   // The planner reads the lengths while it writes both outputs.
-  FLASHMLA_TRY(check_no_self_overlap("tile_scheduler_metadata", metadata));
-  FLASHMLA_TRY(check_no_self_overlap("num_splits", num_splits));
-  FLASHMLA_TRY(check_disjoint("tile_scheduler_metadata", metadata, "cache_seqlens", seqlens));
-  FLASHMLA_TRY(check_disjoint("num_splits", num_splits, "cache_seqlens", seqlens));
-  FLASHMLA_TRY(check_disjoint("num_splits", num_splits, "tile_scheduler_metadata", metadata));
+  const Footprint lengths_bytes(seqlens), metadata_bytes(metadata), splits_bytes(num_splits);
+  FLASHMLA_TRY(check_no_self_overlap("tile_scheduler_metadata", metadata, metadata_bytes));
+  FLASHMLA_TRY(check_no_self_overlap("num_splits", num_splits, splits_bytes));
+  FLASHMLA_TRY(check_disjoint("tile_scheduler_metadata", metadata_bytes, "cache_seqlens", lengths_bytes));
+  FLASHMLA_TRY(check_disjoint("num_splits", splits_bytes, "cache_seqlens", lengths_bytes));
+  FLASHMLA_TRY(check_disjoint("num_splits", splits_bytes, "tile_scheduler_metadata", metadata_bytes));
 
   FLASHMLA_TRY(check_same_device("tile_scheduler_metadata", metadata, "cache_seqlens", seqlens));
   FLASHMLA_TRY(check_same_device("num_splits", num_splits, "cache_seqlens", seqlens));
