@@ -177,6 +177,24 @@ def test_head_dim_v_must_be_int(value):
         call_decode(head_dim_v=value)
 
 
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**63])
+def test_head_dim_v_past_int32_is_named(value):
+    with pytest.raises(ValueError, match=rf"^head_dim_v: must be 512, got {value}$"):
+        call_decode(head_dim_v=value)
+
+
+def test_softmax_scale_that_float32_rounds_to_zero_is_rejected():
+    # float32 holds nothing below ~1.4e-45: the C API would read the 0 as "use the default".
+    with pytest.raises(ValueError, match=r"^softmax_scale: must be finite and > 0, got 1e-50 \(0 in float32\)$"):
+        call_decode(softmax_scale=1e-50)
+
+
+@pytest.mark.parametrize("value", ["0.5", b"0.5"])
+def test_softmax_scale_as_text_is_type_error(value):
+    with pytest.raises(TypeError, match=rf"^softmax_scale: expected a float, got {type(value).__name__}$"):
+        call_decode(softmax_scale=value)
+
+
 def test_explicit_zero_softmax_scale_is_rejected():
     # The C API reads 0 as "use the default": Python must not pass an explicit 0 through.
     with pytest.raises(ValueError, match=r"^softmax_scale: must be finite and > 0"):
@@ -228,6 +246,9 @@ def test_get_mla_metadata_rejects_none_and_host_arrays():
         (128, 0, ValueError, r"^num_heads_k: must be >= 1, got 0"),
         (128.0, 1, TypeError, r"^num_heads_per_head_k: expected an int"),
         (128, "1", TypeError, r"^num_heads_k: expected an int"),
+        # Past int32 nanobind would refuse them without a name, or the C API name another.
+        (2**31, 1, ValueError, r"^num_heads_per_head_k: must be below 2\^31, got 2147483648$"),
+        (128, 2**63, ValueError, r"^num_heads_k: must be below 2\^31, got 9223372036854775808$"),
     ],
 )
 def test_get_mla_metadata_head_counts(rows, heads, error, message):

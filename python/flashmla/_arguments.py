@@ -7,9 +7,15 @@ callers see the same messages.
 
 from __future__ import annotations
 
+import math
 import operator
+import struct
 
 from . import _C
+
+# The C API takes these integers as int32; nanobind refuses a larger Python int with a message
+# that names no argument, so the range is checked here.
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 BACKENDS = ("auto", "reference", "sm90")
 _BACKEND_IDS = {
@@ -30,20 +36,41 @@ def positive_int(value, name: str) -> int:
     number = as_int(value, name)
     if number < 1:
         raise ValueError(f"{name}: must be >= 1, got {number}")
+    if number > _INT32_MAX:
+        raise ValueError(f"{name}: must be below 2^31, got {number}")
     return number
+
+
+def head_dim_v(value) -> int:
+    number = as_int(value, "head_dim_v")
+    if not _INT32_MIN <= number <= _INT32_MAX:
+        raise ValueError(f"head_dim_v: must be {_C.HEAD_DIM_V}, got {number}")
+    return number
+
+
+def _as_float32(value: float) -> float:
+    """`value` as the C API's float will hold it (inf past float32's range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def softmax_scale(value) -> float:
     """The C API's encoding: 0.0 selects 1/sqrt(576)."""
     if value is None:
         return 0.0
+    if isinstance(value, (str, bytes, bytearray)):  # float() would parse "0.5"
+        raise TypeError(f"softmax_scale: expected a float, got {type(value).__name__}")
     try:
         scale = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"softmax_scale: expected a float, got {type(value).__name__}") from None
-    if scale == 0.0:
-        # The C API reads 0 as "default"; an explicit 0 must not silently become 1/sqrt(576).
-        raise ValueError("softmax_scale: must be finite and > 0, got 0.0")
+    if _as_float32(scale) == 0.0:
+        # The C API reads 0 as "default"; an explicit 0 (or one that float32 rounds to 0) must not
+        # silently become 1/sqrt(576).
+        raise ValueError(f"softmax_scale: must be finite and > 0, got {scale!r} (0 in float32)"
+                         if scale != 0.0 else "softmax_scale: must be finite and > 0, got 0.0")
     return scale
 
 

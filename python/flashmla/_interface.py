@@ -16,7 +16,7 @@ import sys
 from . import _C
 from ._arguments import (
     BACKENDS,
-    as_int,
+    head_dim_v as head_dim_v_arg,
     backend_id,
     output_shapes,
     positive_int,
@@ -145,7 +145,7 @@ def flash_mla_with_kvcache(
     names = ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata", "num_splits")
     for name, value in zip(names, inputs):
         check_array(value, name)
-    head_dim_v = as_int(head_dim_v, "head_dim_v")
+    head_dim_v = head_dim_v_arg(head_dim_v)
     scale = scale_for_c_api(softmax_scale)
     backend_number = backend_id(backend)
     handle = None if stream is None else stream_handle(stream)

@@ -27,7 +27,7 @@ import torch
 
 from . import _C
 from ._arguments import (
-    as_int,
+    head_dim_v as head_dim_v_arg,
     backend_id,
     output_shapes,
     positive_int,
@@ -85,7 +85,7 @@ def _launch_decode(inputs, head_dim_v, out, lse, softmax_scale, causal, backend,
     nbytes = workspace_bytes(q.shape, metadata.shape)
     workspace = torch.empty((nbytes,), dtype=torch.uint8, device=q.device) if nbytes else None
     _C.decode(q, k_cache, block_table, cache_seqlens, metadata, num_splits, out, lse,
-              as_int(head_dim_v, "head_dim_v"), scale, bool(causal), workspace, backend_number,
+              head_dim_v_arg(head_dim_v), scale, bool(causal), workspace, backend_number,
               _current_stream(q.device), bool(validate))
 
 
@@ -223,7 +223,7 @@ def flash_mla_with_kvcache(inputs, head_dim_v, softmax_scale, causal, backend, s
     """inputs: the six tensors in DECODE_INPUTS order."""
     for name, tensor in zip(DECODE_INPUTS, inputs):
         require_cuda(tensor, name)
-    head_dim_v = as_int(head_dim_v, "head_dim_v")
+    head_dim_v = head_dim_v_arg(head_dim_v)
     scale_for_c_api(softmax_scale)  # raises here, at the call, rather than inside the op
     scale = None if softmax_scale is None else float(softmax_scale)
     backend_id(backend)
