@@ -7,9 +7,10 @@ charge of the memory, and the work is enqueued on that framework's current strea
 
 JAX arrays are immutable, so the outputs of a JAX call are allocated with PyTorch (or CuPy when
 PyTorch is missing; CuPy may lack bfloat16), written on that framework's current stream, and handed
-to JAX with ``jax.numpy.from_dlpack``; the DLPack stream handshake orders JAX's later reads after
-the kernel. JAX inputs are waited for (``block_until_ready``) first. Inside ``jax.jit`` there are
-no arrays to hand over: flashmla.jax serves that case through XLA's FFI.
+to JAX with ``jax.numpy.from_dlpack``. JAX inputs are waited for (``block_until_ready``) first, and
+a call with any JAX array waits for its kernel before it returns (``wait_if_jax``): JAX frees an
+array's memory, and orders the outputs it takes in, only against its own streams. Inside
+``jax.jit`` there are no arrays to hand over: flashmla.jax serves that case through XLA's FFI.
 
 PyTorch tensors normally bypass this module (flashmla._torch_ops); the torch adapter here serves
 JAX outputs and calls that mix torch tensors with other arrays.
@@ -97,11 +98,22 @@ class _Torch:
         # which outlives the capture.
         return True
 
+    def device_scope(self, device_id: int):
+        return self.module.cuda.device(device_id)
+
+    def synchronize(self, stream: int, device_id: int) -> None:
+        with self.device_scope(device_id):
+            self.module.cuda.ExternalStream(stream).synchronize()
+
     def finish(self, array):
         return array
 
     def export(self, array, stream: int):
-        return array
+        """A DLPack capsule made with the stream handshake, as for CuPy: exported without a stream,
+        torch orders its pending work before the legacy stream, not before the kernel's. Torch
+        exports only from its current device."""
+        with self.device_scope(array.device.index):
+            return array.__dlpack__(stream=stream if stream != 0 else _DLPACK_LEGACY_STREAM)
 
 
 class _CuPy:
@@ -123,6 +135,13 @@ class _CuPy:
     def current_stream(self, device_id: int) -> int:
         with self.module.cuda.Device(device_id):
             return self.module.cuda.get_current_stream().ptr
+
+    def device_scope(self, device_id: int):
+        return self.module.cuda.Device(device_id)
+
+    def synchronize(self, stream: int, device_id: int) -> None:
+        with self.device_scope(device_id):
+            self.module.cuda.ExternalStream(stream).synchronize()
 
     def pool_is_safe(self, device_id: int) -> bool:
         """False while the current stream captures a CUDA graph: a workspace from CuPy's pool would
@@ -190,14 +209,19 @@ class _Jax:
     def pool_is_safe(self, device_id: int) -> bool:
         return self.allocator().pool_is_safe(device_id)
 
+    def synchronize(self, stream: int, device_id: int) -> None:
+        self.allocator().synchronize(stream, device_id)
+
     def export(self, array, stream: int):
         return array  # computed in prepare()
 
     def finish(self, array):
+        """The allocator's output as a JAX array. JAX has the allocator export it, which (torch)
+        works only from the array's device."""
         jnp = self.module.numpy
-        if hasattr(jnp, "from_dlpack"):
-            return jnp.from_dlpack(array)
-        return importlib.import_module("jax.dlpack").from_dlpack(array)
+        from_dlpack = jnp.from_dlpack if hasattr(jnp, "from_dlpack") else importlib.import_module("jax.dlpack").from_dlpack
+        with self.allocator().device_scope(dlpack_device(array)[1]):
+            return from_dlpack(array)
 
 
 _FRAMEWORKS = (("torch", _Torch), ("cupy", _CuPy), ("jax", _Jax))
@@ -242,6 +266,16 @@ def export(array, stream: int):
         return None
     adapter = _adapter_of(array)
     return array if adapter is None else adapter.export(array, stream)
+
+
+def wait_if_jax(inputs, stream: int, device: int) -> None:
+    """Returns once the kernel enqueued on `stream` has run, if any of `inputs` is a JAX array.
+    JAX reuses an array's memory as soon as its last reference goes, ordered only against JAX's own
+    streams, so an input must outlive the kernel that reads it; waiting also completes the outputs
+    handed to JAX whichever stream wrote them."""
+    jax_adapter = _adapters.get("jax")
+    if jax_adapter is not None and any(jax_adapter.owns(array) for array in inputs):
+        jax_adapter.synchronize(stream, device)
 
 
 def device_id(array) -> int:

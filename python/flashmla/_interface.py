@@ -23,7 +23,7 @@ from ._arguments import (
     softmax_scale as scale_for_c_api,
     workspace_bytes,
 )
-from ._arrays import check_array, device_id, export, framework_of, prepare, stream_handle
+from ._arrays import check_array, device_id, export, framework_of, prepare, stream_handle, wait_if_jax
 
 __all__ = ["BACKENDS", "flash_mla_with_kvcache", "get_mla_metadata"]
 
@@ -92,6 +92,7 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream
     metadata = arrays.empty((num_sm_parts, _C.METADATA_WORDS), "int32", device)
     num_splits = arrays.empty((batch + 1,), "int32", device)
     _C.get_metadata(*(export(a, handle) for a in (cache_seqlens, metadata, num_splits)), handle)
+    wait_if_jax((cache_seqlens,), handle, device)
     return arrays.finish(metadata), arrays.finish(num_splits)
 
 
@@ -181,6 +182,7 @@ def flash_mla_with_kvcache(
         handle,
         bool(validate),
     )
+    wait_if_jax((q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits), handle, device)
     return (
         arrays.finish(out_array) if out is None else out,
         arrays.finish(lse_array) if lse is None else lse,
