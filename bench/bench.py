@@ -37,6 +37,9 @@ from typing import Callable, Optional
 
 import torch
 
+# The card FlashMLA's figures in the grid come from; report.py sits beside this script.
+from report import FLASHMLA_FIGURES_GPU
+
 HEAD_DIM = 576
 HEAD_DIM_V = 512
 VARLEN_STD_DIVISOR = 2.0
@@ -464,6 +467,10 @@ def main(argv=None) -> int:
           f"{args.iters}, L2 flushed "
           f"before each, {args.warmup_ms:.0f} ms of GEMMs before each row; peers: "
           f"{', '.join(peers) or 'none'}")
+    # A ratio to figures from another card would compare two GPUs.
+    comparable = FLASHMLA_FIGURES_GPU in props.name
+    if not comparable:
+        print(f"FlashMLA's figures are {FLASHMLA_FIGURES_GPU} (H100 SXM) times: no ratio to them on this GPU")
 
     rows, failed = [], False
     for s in shapes:
@@ -489,7 +496,7 @@ def main(argv=None) -> int:
             "iters": args.iters, "timing": mode, "median_us": med, "min_us": best,
             "tflops": flops / (med * 1e-6) / 1e12, "gbps": nbytes / (med * 1e-6) / 1e9,
             "flashmla_us": s.flashmla_us,
-            "ratio_flashmla_over_ours": s.flashmla_us / med if s.flashmla_us else None,
+            "ratio_flashmla_over_ours": s.flashmla_us / med if s.flashmla_us and comparable else None,
             "sm_clock_mhz": clock, "check": check, "device": props.name,
             "sm_count": props.multi_processor_count, "max_sm_clock_mhz": max_clock,
             "flashmla_version": version, "peers": {},
@@ -512,7 +519,8 @@ def main(argv=None) -> int:
                 row["peers"][name] = {"skipped": f"{type(e).__name__}: {e}"}
         rows.append(row)
 
-        theirs = f"{s.flashmla_us:.1f} ({s.flashmla_us / med:.2f}x)" if s.flashmla_us else "-"
+        theirs = "-" if not s.flashmla_us else (
+            f"{s.flashmla_us:.1f} ({s.flashmla_us / med:.2f}x)" if comparable else f"{s.flashmla_us:.1f}")
         peer_text = "; ".join(
             f"{n} {v['median_us']:.1f} us (clock {v['sm_clock_mhz'] or 'n/a'})" if "median_us" in v
             else f"{n} skipped: {v['skipped']}"

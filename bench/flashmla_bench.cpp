@@ -694,7 +694,14 @@ struct RowResult {
   std::optional<unsigned> sm_clock_mhz;  // read right after the timed runs
   std::optional<PowerSample> power;      // sampled at the end of the warm-up, replays in flight
   std::optional<CheckResult> check;
+  // The grid's FlashMLA figures were measured on an H100 SXM; on any other card a ratio to them
+  // would compare two GPUs, so none is given.
+  bool flashmla_comparable = false;
 };
+
+// NVML's name of the H100 SXM card; the PCIe and NVL cards ("H100 PCIe", "H100 NVL") have other
+// memory and SM counts.
+constexpr const char* kFlashmlaFiguresGpu = "H100 80GB HBM3";
 
 // Shifts the lengths, within [lo, hi], until they sum to `target`: the sample mean of b draws
 // wanders by s_k / (2 sqrt(b)) (4% at b = 128), which would bias every comparison of times at
@@ -996,6 +1003,7 @@ RowResult run_row(const Shape& s, const Options& o, const DeviceInfo& dev, const
 
   RowResult r;
   r.shape = s;
+  r.flashmla_comparable = dev.name.find(kFlashmlaFiguresGpu) != std::string::npos;
   r.num_sm_parts = p.num_sm_parts;
   r.mean_s_k = std::accumulate(p.lengths.begin(), p.lengths.end(), 0.0) /
                static_cast<double>(p.lengths.size());
@@ -1072,8 +1080,10 @@ void print_row(const RowResult& r) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", *s.flashmla_us);
     flashmla = buf;
-    std::snprintf(buf, sizeof buf, "%.2f", *s.flashmla_us / r.median_us);
-    ratio = buf;
+    if (r.flashmla_comparable) {
+      std::snprintf(buf, sizeof buf, "%.2f", *s.flashmla_us / r.median_us);
+      ratio = buf;
+    }
   }
   std::string notes = "L_mean=" + std::to_string(static_cast<long long>(std::llround(r.mean_s_k))) +
                       " sm_parts=" + std::to_string(r.num_sm_parts) +
@@ -1148,7 +1158,7 @@ void write_json(const std::string& path, const std::vector<RowResult>& rows, con
         << ", \"gbps\": " << json_number(r.gbps)
         << ", \"flashmla_us\": " << (s.flashmla_us ? json_number(*s.flashmla_us) : "null")
         << ", \"ratio_flashmla_over_ours\": "
-        << (s.flashmla_us ? json_number(*s.flashmla_us / r.median_us) : "null")
+        << (s.flashmla_us && r.flashmla_comparable ? json_number(*s.flashmla_us / r.median_us) : "null")
         << ", \"sm_clock_mhz\": "
         << (r.sm_clock_mhz ? std::to_string(*r.sm_clock_mhz) : std::string("null"));
     if (r.power) {
@@ -1265,11 +1275,14 @@ int run(int argc, char** argv) {
       static_cast<double>(dev.l2_bytes) / (1 << 20),
       static_cast<double>(dev.memory_bytes) / (1 << 30), dev.max_sm_clock_mhz,
       clock_text(nvml.sm_clock_mhz()).c_str());
-  std::printf(
-      "dtype %s, page %lld, backend %s, median of %d CUDA-graph replays, L2 flushed (%s) before "
-      "each, %.0f ms warm-up per row\n",
-      dtype_name(o.dtype), static_cast<long long>(o.page_block_size), backend_name(o.backend),
-      o.iters, flush_name(o.flush), o.warmup_ms);
+  const std::string flushed = o.flush == flashmla_bench::FlushMode::kNone ? std::string("L2 not flushed")
+                                                        : std::string("L2 flushed (") + flush_name(o.flush) + ") before each";
+  std::printf("dtype %s, page %lld, backend %s, median of %d CUDA-graph replays, %s, %.0f ms warm-up per row\n",
+              dtype_name(o.dtype), static_cast<long long>(o.page_block_size), backend_name(o.backend), o.iters,
+              flushed.c_str(), o.warmup_ms);
+  if (dev.name.find(kFlashmlaFiguresGpu) == std::string::npos) {
+    std::printf("FlashMLA's figures are %s (H100 SXM) times: no ratio to them on this GPU\n", kFlashmlaFiguresGpu);
+  }
   const DeviceBuffer flush(static_cast<size_t>(kL2FlushFactor) * std::max<size_t>(dev.l2_bytes, 1));
   if (o.floor) {
     run_floor(o, dev, flush);

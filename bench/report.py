@@ -29,12 +29,41 @@ def yes_no(value) -> str:
     return "yes" if value else "no"
 
 
-# FlashMLA's figures in the grid were measured on this GPU model; a run on any other gets no ratio.
-FLASHMLA_FIGURES_GPU = "H100"
+# FlashMLA's figures in the grid were measured on this GPU model (the SXM card; NVML names the PCIe
+# and NVL cards, with other memory and SM counts, "H100 PCIe" and "H100 NVL"); a run on any other
+# gets no ratio.
+FLASHMLA_FIGURES_GPU = "H100 80GB HBM3"
+
+# How a row was timed and flushed, as the benches record it.
+TIMING_TEXT = {"graph": "CUDA-graph replays", "eager": "eager calls (host overhead included)"}
+FLUSH_TEXT = {
+    "write": "L2 flushed before each by writing over it",
+    "read": "L2 flushed before each by reading through it (no dirty lines)",
+    "none": "L2 not flushed",
+}
 
 
 def comparable_with_flashmla(row) -> bool:
     return FLASHMLA_FIGURES_GPU in str(row.get("device", ""))
+
+
+def distinct(rows, key: str, default: str = "?") -> list[str]:
+    """The values `key` takes over the rows, in order of appearance."""
+    seen: list[str] = []
+    for row in rows:
+        value = str(row.get(key, default))
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def describe_method(rows) -> str:
+    # flashmla_bench records no "timing": it always replays graphs.
+    timing = ", ".join(TIMING_TEXT.get(t, t) for t in distinct(rows, "timing", "graph"))
+    flush = "; ".join(FLUSH_TEXT.get(f, f"flush {f}") for f in distinct(rows, "flush", "write"))
+    return (f"dtype {'/'.join(distinct(rows, 'dtype'))}, h_kv {'/'.join(distinct(rows, 'h_kv'))}, page "
+            f"{'/'.join(distinct(rows, 'page_block_size'))}, backend {'/'.join(distinct(rows, 'backend'))}; "
+            f"median of {'/'.join(distinct(rows, 'iters'))} {timing}; {flush}.")
 
 
 def ratio(row) -> float | None:
@@ -75,7 +104,6 @@ def describe_device(rows) -> str:
 def markdown(rows, source: str) -> str:
     peers = peer_names(rows)
     with_check = any(row.get("check") for row in rows)
-    first = rows[0]
     header = ["case", "b", "s_q", "h_q", "s_k", "varlen", "causal", "our µs", "TFLOP/s", "GB/s",
               "FlashMLA µs", "FlashMLA/ours"]
     header += [f"{p} µs" for p in peers]
@@ -85,12 +113,8 @@ def markdown(rows, source: str) -> str:
         f"# flashmla decode benchmark ({source})",
         "",
         describe_device(rows),
-        f"dtype {first.get('dtype', '?')}, h_kv {first.get('h_kv', '?')}, page "
-        f"{first.get('page_block_size', '?')}, backend {first.get('backend', '?')}; median of "
-        f"{first.get('iters', '?')} CUDA-graph replays, L2 flushed before each"
-        f"{' (read through, no dirty lines)' if first.get('flush') == 'read' else ''}. TFLOP/s and GB/s "
-        "use the mean drawn length (mla-decode.md §2); causal rows are charged full FLOPs. "
-        "FlashMLA/ours > 1 means we are faster.",
+        describe_method(rows) + " TFLOP/s and GB/s use the mean drawn length (mla-decode.md §2); "
+        "causal rows are charged full FLOPs. FlashMLA/ours > 1 means we are faster.",
     ]
     if not all(comparable_with_flashmla(row) for row in rows):
         lines.append(f"FlashMLA's times are {FLASHMLA_FIGURES_GPU} figures: no ratio is given for rows "

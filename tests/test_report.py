@@ -1,4 +1,5 @@
-"""bench/report.py: FlashMLA's H100 figures give a ratio only for rows measured on an H100."""
+"""bench/report.py: FlashMLA's H100 SXM figures give a ratio only for rows measured on that card, and
+the table's header says how its rows were timed and flushed."""
 
 import importlib.util
 import json
@@ -46,3 +47,23 @@ def test_other_gpu_rows_get_no_ratio_and_a_note(tmp_path):
     path.write_text(json.dumps([r]))
     assert report.main([str(path), "--md", str(tmp_path / "h200.md"), "--png", str(tmp_path / "h200.png")]) == 1
     assert not (tmp_path / "h200.png").exists()
+
+
+def test_h100_cards_other_than_the_sxm_get_no_ratio():
+    report = load_report()
+    for device in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL"):
+        assert report.ratio(row(device)) is None, device
+
+
+def test_header_says_how_rows_were_timed_and_flushed():
+    report = load_report()
+    md = report.markdown([row("NVIDIA H100 80GB HBM3")], "x.json")
+    assert "median of 30 CUDA-graph replays; L2 flushed before each by writing over it." in md
+    unflushed = dict(row("NVIDIA H100 80GB HBM3"), flush="none", timing="eager")
+    md = report.markdown([unflushed], "x.json")
+    assert "median of 30 eager calls (host overhead included); L2 not flushed." in md
+    assert "flushed before each" not in md
+    mixed = [row("NVIDIA H100 80GB HBM3"), dict(row("NVIDIA H100 80GB HBM3"), dtype="fp16", flush="read")]
+    md = report.markdown(mixed, "x.json")
+    assert "dtype bf16/fp16" in md
+    assert "by writing over it; L2 flushed before each by reading through it" in md
