@@ -61,12 +61,13 @@ struct Runs {
 Runs runs_of(const Footprint& l) {
   Runs runs;
   runs.bytes = l.element_bytes;
-  bool run_taken = false;
+  bool finest = true;  // the first dimension that steps
   for (int d = 0; d < l.ndim; ++d) {
     if (l.stride[d] == 0) continue;
-    if (!run_taken && runs.ndim == 0 && l.stride[d] == l.element_bytes) {
+    const bool contiguous = finest && l.stride[d] == l.element_bytes;
+    finest = false;
+    if (contiguous) {
       runs.bytes = l.size[d] * l.element_bytes;
-      run_taken = true;
       continue;
     }
     runs.size[runs.ndim] = l.size[d];
