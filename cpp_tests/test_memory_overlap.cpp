@@ -279,14 +279,17 @@ TEST(MemoryOverlap, MetadataOutputsMustNotAliasTheLengths) {
   // num_splits one entry into the lengths: the planner would read what it had just written.
   splits.data = buffer.data() + kBatch - 1;
   EXPECT_EQ(flashmla_get_metadata(&seqlens, &metadata, &splits, nullptr), FLASHMLA_STATUS_INVALID_ARGUMENT);
-  EXPECT_STREQ(flashmla_get_last_error(), "num_splits: shares memory with cache_seqlens; an output must not overlap any other argument");
+  EXPECT_STREQ(flashmla_get_last_error(),
+               "num_splits: shares memory with cache_seqlens; an output must not overlap any other argument");
   splits.data = buffer.data() + kBatch;  // right after them
   EXPECT_EQ(flashmla_get_metadata(&seqlens, &metadata, &splits, nullptr), FLASHMLA_STATUS_SUCCESS)
       << flashmla_get_last_error();
 
   metadata.data = buffer.data() + kBatch + 4;  // over num_splits
   EXPECT_EQ(flashmla_get_metadata(&seqlens, &metadata, &splits, nullptr), FLASHMLA_STATUS_INVALID_ARGUMENT);
-  EXPECT_STREQ(flashmla_get_last_error(), "num_splits: shares memory with tile_scheduler_metadata; an output must not overlap any other argument");
+  EXPECT_STREQ(flashmla_get_last_error(),
+               "num_splits: shares memory with tile_scheduler_metadata; an output must not overlap any other "
+               "argument");
 }
 
 }  // namespace

@@ -219,7 +219,10 @@ class _Jax:
         """The allocator's output as a JAX array. JAX has the allocator export it, which (torch)
         works only from the array's device."""
         jnp = self.module.numpy
-        from_dlpack = jnp.from_dlpack if hasattr(jnp, "from_dlpack") else importlib.import_module("jax.dlpack").from_dlpack
+        if hasattr(jnp, "from_dlpack"):
+            from_dlpack = jnp.from_dlpack
+        else:
+            from_dlpack = importlib.import_module("jax.dlpack").from_dlpack
         with self.allocator().device_scope(dlpack_device(array)[1]):
             return from_dlpack(array)
 
