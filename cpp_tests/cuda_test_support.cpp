@@ -2,17 +2,25 @@
 #include "cuda_test_support.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace flashmla_test {
 
 bool cuda_device_present() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) cudaGetLastError();
+  const bool present = error == cudaSuccess && count > 0;
+  // Set by scripts/gpu_check.sh: there, a GPU test that cannot see the GPU fails instead of
+  // skipping, so a broken driver or a hidden device cannot pass as a green run.
+  const char* required = std::getenv("FLASHMLA_REQUIRE_GPU");
+  if (!present && required != nullptr && std::string(required) == "1") {
+    ADD_FAILURE() << "FLASHMLA_REQUIRE_GPU=1 but no CUDA device is usable ("
+                  << (error != cudaSuccess ? cudaGetErrorName(error) : "0 devices") << ")";
   }
-  return count > 0;
+  return present;
 }
 
 ::testing::AssertionResult cuda_ok(cudaError_t error, const char* what) {

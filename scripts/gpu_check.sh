@@ -21,8 +21,9 @@ STEPS=${FLASHMLA_GPU_STEPS:-build smoke ctest pytest bench sanitize}
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 mkdir -p "$LOG"
 export FLASHMLA_SKIP_SETUP=1 PYTHONUNBUFFERED=1
-# This build includes the Hopper kernel: tests fail, rather than skip, if it turns out absent.
-export FLASHMLA_BUILT_WITH_SM90=1
+# This build includes the Hopper kernel and runs on a GPU: tests fail, rather than skip, if either
+# turns out absent.
+export FLASHMLA_BUILT_WITH_SM90=1 FLASHMLA_REQUIRE_GPU=1
 
 cmake_args=(-DFLASHMLA_BUILD_PYTHON=ON -DFLASHMLA_PTXAS_VERBOSE=ON)
 source scripts/offline_deps.sh

@@ -32,7 +32,7 @@ def torch_cuda():
     """The torch module, with a CUDA device."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
+        mla_testing.no_gpu("no CUDA device: torch.cuda.is_available() is False")
     # The oracle runs in float64; keep any float32 matmul in the tests exact as well.
     torch.backends.cuda.matmul.allow_tf32 = False
     return torch
@@ -45,9 +45,9 @@ def cupy_cuda():
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CUDARuntimeError without a driver
-        pytest.skip(f"no CUDA device for CuPy: {error}")
+        mla_testing.no_gpu(f"no CUDA device for CuPy: {error}")
     if count == 0:
-        pytest.skip("no CUDA device for CuPy")
+        mla_testing.no_gpu("no CUDA device for CuPy")
     return cupy
 
 
@@ -58,9 +58,9 @@ def jax_gpu():
     try:
         devices = jax.devices("gpu")
     except RuntimeError as error:
-        pytest.skip(f"JAX has no GPU backend: {error}")
+        mla_testing.no_gpu(f"JAX has no GPU backend: {error}")
     if not devices:
-        pytest.skip("JAX has no GPU device")
+        mla_testing.no_gpu("JAX has no GPU device")
     return jax, devices[0]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -33,6 +34,16 @@ DATA_SCALE = 10.0  # randn / DATA_SCALE, clamped to +-1
 # on q.k; cases with this data scale give scores of spread ~0.8, where a kernel that drops the rope
 # dimensions or misscales the scores is off by several percent instead of a fraction of one.
 SHARP_DATA_SCALE = 1.0
+
+
+def no_gpu(reason: str):
+    """Skips the test, or fails it under FLASHMLA_REQUIRE_GPU=1 (set by scripts/gpu_check.sh), where a
+    test that cannot see the GPU must not pass as a green run."""
+    import pytest
+
+    if os.environ.get("FLASHMLA_REQUIRE_GPU") == "1":
+        pytest.fail(f"FLASHMLA_REQUIRE_GPU=1 but {reason}")
+    pytest.skip(reason)
 
 
 def out_tolerance(dtype: str) -> float:

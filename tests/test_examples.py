@@ -12,6 +12,8 @@ import pytest
 import flashmla
 from flashmla import _C
 
+import mla_testing
+
 pytestmark = pytest.mark.gpu
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -59,7 +61,7 @@ def test_cpp_example(tmp_path):
     try:
         _C.get_num_sm_parts(0, 64, 1)
     except (ValueError, RuntimeError) as error:
-        pytest.skip(f"no CUDA device: {error}")
+        mla_testing.no_gpu(f"no CUDA device: {error}")
     build = pathlib.Path(flashmla.__file__).resolve().parents[2]
     if not (build / "CMakeCache.txt").is_file():
         pytest.skip("flashmla is not imported from a CMake build tree, which the install step needs")
