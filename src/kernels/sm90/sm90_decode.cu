@@ -21,9 +21,10 @@ using sm90::kElementBytes;
 using sm90::kPieceCols;
 
 // TMA limits (cuTensorMapEncodeTiled): 16-byte aligned base, strides multiples of 16 bytes and
-// below 2^40 bytes.
+// below 2^40 bytes, dimensions of at most 2^32 elements.
 constexpr int64_t kTmaAlignBytes = 16;
 constexpr int64_t kTmaMaxStrideBytes = int64_t{1} << 40;
+constexpr int64_t kTmaMaxDimSize = int64_t{1} << 32;
 // The driver call's signature as of CUDA 12.0, the version requested below.
 constexpr unsigned int kTensorMapEncodeVersion = 12000;
 // CUDA grid limit on y and z.
@@ -197,6 +198,9 @@ const char* sm90_unsupported_reason(const DecodeParams& p) {
   }
   // A tensor map cannot describe a dimension of size 0; with no blocks every request is empty.
   if (p.num_cache_blocks < 1) return "the SM90 kernel's TMA needs k_cache to have at least one block";
+  // Block ids are int32, so a larger cache (possible with overlapping blocks) is read by the
+  // reference kernel rather than failing the tensor map's encoding.
+  if (p.num_cache_blocks > kTmaMaxDimSize) return "the SM90 kernel's TMA takes at most 2^32 k_cache blocks";
   constexpr int64_t kTmaStrideElems = kTmaAlignBytes / kElementBytes;
   if (!aligned_to(p.k, kTmaAlignBytes) || !stride_ok(p.page_block_size, p.k_token_stride, kTmaStrideElems) ||
       !stride_ok(p.h_kv, p.k_head_stride, kTmaStrideElems) ||
