@@ -36,12 +36,8 @@ class FakeTorch:
             def __dlpack_device__(self):
                 return (DLPACK_CUDA, self.device.index)
 
-        class ExternalStream:
-            def __init__(self, handle):
-                self.handle = handle
-
-            def synchronize(self):
-                fake.log.append(("synchronize", self.handle, fake.current_device))
+        def synchronize(index):
+            fake.log.append(("synchronize", index))
 
         @contextlib.contextmanager
         def device(index):
@@ -52,7 +48,7 @@ class FakeTorch:
                 fake.current_device = previous
 
         self.Tensor = Tensor
-        self.cuda = types.SimpleNamespace(device=device, ExternalStream=ExternalStream)
+        self.cuda = types.SimpleNamespace(device=device, synchronize=synchronize)
 
 
 class FakeJax:
@@ -98,11 +94,11 @@ def test_jax_takes_outputs_from_their_device(fakes):
 def test_a_call_with_a_jax_input_waits_for_its_kernel(fakes):
     torch, jax = fakes
     inputs = (torch.Tensor(device_index=1), jax.module.Array(), None)
-    _arrays.wait_if_jax(inputs, stream=0x7F00, device=1)
-    assert torch.log == [("synchronize", 0x7F00, 1)]
+    _arrays.wait_if_jax(inputs, device=1)
+    assert torch.log == [("synchronize", 1)]
 
 
 def test_a_call_without_jax_arrays_does_not_wait(fakes):
     torch, _ = fakes
-    _arrays.wait_if_jax((torch.Tensor(device_index=0), None), stream=0x7F00, device=0)
+    _arrays.wait_if_jax((torch.Tensor(device_index=0), None), device=0)
     assert torch.log == []

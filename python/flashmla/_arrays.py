@@ -101,9 +101,8 @@ class _Torch:
     def device_scope(self, device_id: int):
         return self.module.cuda.device(device_id)
 
-    def synchronize(self, stream: int, device_id: int) -> None:
-        with self.device_scope(device_id):
-            self.module.cuda.ExternalStream(stream).synchronize()
+    def synchronize(self, device_id: int) -> None:
+        self.module.cuda.synchronize(device_id)
 
     def finish(self, array):
         return array
@@ -139,9 +138,8 @@ class _CuPy:
     def device_scope(self, device_id: int):
         return self.module.cuda.Device(device_id)
 
-    def synchronize(self, stream: int, device_id: int) -> None:
-        with self.device_scope(device_id):
-            self.module.cuda.ExternalStream(stream).synchronize()
+    def synchronize(self, device_id: int) -> None:
+        self.module.cuda.Device(device_id).synchronize()
 
     def pool_is_safe(self, device_id: int) -> bool:
         """False while the current stream captures a CUDA graph: a workspace from CuPy's pool would
@@ -209,8 +207,8 @@ class _Jax:
     def pool_is_safe(self, device_id: int) -> bool:
         return self.allocator().pool_is_safe(device_id)
 
-    def synchronize(self, stream: int, device_id: int) -> None:
-        self.allocator().synchronize(stream, device_id)
+    def synchronize(self, device_id: int) -> None:
+        self.allocator().synchronize(device_id)
 
     def export(self, array, stream: int):
         return array  # computed in prepare()
@@ -271,14 +269,15 @@ def export(array, stream: int):
     return array if adapter is None else adapter.export(array, stream)
 
 
-def wait_if_jax(inputs, stream: int, device: int) -> None:
-    """Returns once the kernel enqueued on `stream` has run, if any of `inputs` is a JAX array.
-    JAX reuses an array's memory as soon as its last reference goes, ordered only against JAX's own
-    streams, so an input must outlive the kernel that reads it; waiting also completes the outputs
-    handed to JAX whichever stream wrote them."""
+def wait_if_jax(inputs, device: int) -> None:
+    """Returns once the work enqueued on `device` has run (the kernel included, whichever stream it
+    ran on), if any of `inputs` is a JAX array. JAX reuses an array's memory as soon as its last
+    reference goes, ordered only against JAX's own streams, so an input must outlive the kernel
+    that reads it; waiting also completes the outputs handed to JAX. The whole device is waited for
+    because the launch stream may be a raw handle no framework object stands for."""
     jax_adapter = _adapters.get("jax")
     if jax_adapter is not None and any(jax_adapter.owns(array) for array in inputs):
-        jax_adapter.synchronize(stream, device)
+        jax_adapter.synchronize(device)
 
 
 def device_id(array) -> int:

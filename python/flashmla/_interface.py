@@ -92,7 +92,7 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *, stream
     metadata = arrays.empty((num_sm_parts, _C.METADATA_WORDS), "int32", device)
     num_splits = arrays.empty((batch + 1,), "int32", device)
     _C.get_metadata(*(export(a, handle) for a in (cache_seqlens, metadata, num_splits)), handle)
-    wait_if_jax((cache_seqlens,), handle, device)
+    wait_if_jax((cache_seqlens,), device)
     return arrays.finish(metadata), arrays.finish(num_splits)
 
 
@@ -182,7 +182,7 @@ def flash_mla_with_kvcache(
         handle,
         bool(validate),
     )
-    wait_if_jax((q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits), handle, device)
+    wait_if_jax((q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits), device)
     return (
         arrays.finish(out_array) if out is None else out,
         arrays.finish(lse_array) if lse is None else lse,
